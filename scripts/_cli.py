@@ -1,0 +1,59 @@
+"""Shared command-line plumbing for the scripts: the common flags and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from data.config import load_config  # noqa: E402
+from data.errors import InputError  # noqa: E402
+
+DEFAULT_DATA_DIR = REPO_ROOT / "data" / "synthetic"
+DEFAULT_WORK_DIR = REPO_ROOT / "work"
+
+
+def parser(description: str, default_config: str | None = None) -> argparse.ArgumentParser:
+    """An ArgumentParser with ``--data-dir``, ``--work-dir``, ``--config`` and ``--set``."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                   help="catalog folder with train.csv, train/, test/ (and boxes.csv, folds.csv when made); "
+                        "default: %(default)s")
+    p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
+                   help="where runs/, scores/, submission.csv and reports go; default: %(default)s")
+    if default_config is not None:
+        p.add_argument("--config", type=Path, default=REPO_ROOT / "configs" / default_config,
+                       help="YAML config (may inherit from another with 'base:'); default: %(default)s")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, dotted for nesting (e.g. --set train.seed=3); repeatable")
+    return p
+
+
+def config_from(args: argparse.Namespace) -> dict:
+    path = getattr(args, "config", None)
+    if path is None:
+        cfg: dict = {}
+        from data.config import apply_override
+
+        for item in args.overrides:
+            apply_override(cfg, item)
+        return cfg
+    return load_config(path, args.overrides)
+
+
+def run(main: Callable[[], int | None]) -> None:
+    """Run ``main``; bad input ends with one line on stderr and exit status 2."""
+    try:
+        code = main()
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
