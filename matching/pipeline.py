@@ -1,0 +1,142 @@
+"""Score matrices of trained runs: features cached per model and fold, test and out-of-fold matrices, fold means.
+
+Layout (DESIGN.md): ``runs/<model>/fold<k>/`` holds ``config.yaml`` and ``<size>px/best.pt`` per stage;
+``scores/<model>/fold<k>_{test,oof}.npz`` and the fold means ``scores/<model>/{test,oof}.npz``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from data.errors import InputError
+from data.io import load_npz, save_npz
+from matching.blend import ScoreMatrix, average, load_matrix, save_matrix
+from matching.scores import score_matrix
+from siamese.checkpoint import load_checkpoint
+from siamese.infer import compute_features
+from siamese.model import SiameseModel, build_model
+from siamese.schedule import parse_schedule
+
+NEW_WHALE = "new_whale"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One trained model and fold: its config and the best weights of its last stage."""
+
+    model: str
+    fold: int
+    run_dir: Path
+    config: dict
+    checkpoint: Path
+    size: int
+
+
+def discover_runs(runs_dir: Path, models: Sequence[str] | None = None) -> list[Run]:
+    """Every ``runs/<model>/fold<k>`` whose last stage has a ``best.pt``, sorted by model and fold."""
+    found = []
+    for cfg_path in sorted(Path(runs_dir).glob("*/fold*/config.yaml")):
+        match = re.fullmatch(r"fold(\d+)", cfg_path.parent.name)
+        model = cfg_path.parent.parent.name
+        if match is None or (models and model not in models):
+            continue
+        cfg = yaml.safe_load(cfg_path.read_text())
+        size = parse_schedule(cfg["train"]["stages"], str(cfg_path))[-1].size
+        ckpt = cfg_path.parent / f"{size}px" / "best.pt"
+        if ckpt.is_file():
+            found.append(Run(model, int(match.group(1)), cfg_path.parent, cfg, ckpt, size))
+    return found
+
+
+def load_run_model(run: Run, device: torch.device) -> SiameseModel:
+    """The run's model with its best weights (architecture from its config; no pretrained download)."""
+    mcfg = dict(run.config["model"], pretrained=False, weights=None)
+    model = build_model(mcfg)
+    model.load_state_dict(load_checkpoint(run.checkpoint, device)["model"])
+    return model.to(device).eval()
+
+
+def cached_features(model: SiameseModel, run: Run, names: Sequence[str], paths: Sequence[Path],
+                    boxes: Sequence, cache: Path, device: torch.device, batch: int = 64,
+                    workers: int | None = None) -> np.ndarray:
+    """Branch features of ``paths``, reused from ``cache`` (``.npz``: features, names, key) when still valid."""
+    stat = run.checkpoint.stat()
+    key = f"{run.checkpoint.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{run.size}"
+    names = np.asarray(names, dtype=str)
+    if cache.is_file():
+        stored = load_npz(cache)
+        if str(stored["key"]) == key and np.array_equal(stored["names"], names):
+            return stored["features"]
+    mcfg = run.config["model"]
+    feats = compute_features(model.branch, paths, boxes, run.size, channels=int(mcfg.get("in_chans", 3)),
+                             batch=batch, device=device, workers=workers,
+                             max_megapixels=float(run.config.get("data", {}).get("max_megapixels", 60)),
+                             desc=f"{run.model} fold{run.fold} {cache.stem}")
+    save_npz(cache, features=feats, names=names, key=np.asarray(key))
+    return feats
+
+
+def mask_self(matrix: ScoreMatrix) -> ScoreMatrix:
+    """Zero the entries where a query is scored against itself (same image name)."""
+    col = {name: j for j, name in enumerate(matrix.gallery)}
+    for i, name in enumerate(matrix.query):
+        j = col.get(name)
+        if j is not None:
+            matrix.scores[i, j] = 0.0
+    return matrix
+
+
+def score_run(run: Run, catalog, val_names: Sequence[str] | None, out_dir: Path, feat_dir: Path, *,
+              device: torch.device, budget_mb: float = 512, batch: int = 64, workers: int | None = None) -> list[Path]:
+    """Write ``fold<k>_test.npz`` (test x catalog) and, given validation names, ``fold<k>_oof.npz`` to ``out_dir``;
+    branch features are cached in ``feat_dir``."""
+    model = load_run_model(run, device)
+    known = catalog.train[catalog.train["Id"] != NEW_WHALE]["Image"].tolist()
+    gallery = cached_features(model, run, known, [catalog.train_path(n) for n in known],
+                              [catalog.box(n) for n in known], feat_dir / "catalog.npz", device, batch, workers)
+    written = []
+    parts = [("test", catalog.test_images, catalog.test_path)]
+    if val_names is not None and len(val_names):
+        parts.append(("oof", list(val_names), catalog.train_path))
+    for part, names, path_of in parts:
+        if not names:
+            continue
+        query = cached_features(model, run, names, [path_of(n) for n in names], [catalog.box(n) for n in names],
+                                feat_dir / f"{part}.npz", device, batch, workers)
+        scores = score_matrix(model.head, query, gallery, device=device, budget_mb=budget_mb)
+        matrix = ScoreMatrix(scores=scores, query=np.asarray(names, dtype=str), gallery=np.asarray(known, dtype=str))
+        if part == "oof":
+            matrix = mask_self(matrix)
+        written.append(save_matrix(out_dir / f"fold{run.fold}_{part}.npz", matrix))
+    return written
+
+
+def stack_rows(matrices: Sequence[ScoreMatrix], source: str) -> ScoreMatrix:
+    """Out-of-fold matrices of disjoint validation sets, stacked into one (the same gallery order)."""
+    gallery = matrices[0].gallery
+    for m in matrices[1:]:
+        if not np.array_equal(m.gallery, gallery):
+            raise InputError(source, "out-of-fold matrices of one model have different catalogs")
+    query = np.concatenate([m.query for m in matrices])
+    if len(np.unique(query)) != len(query):
+        raise InputError(source, "an image is in the validation set of two folds")
+    return ScoreMatrix(scores=np.concatenate([m.scores for m in matrices]), query=query, gallery=gallery)
+
+
+def combine_folds(model_dir: Path) -> list[Path]:
+    """``test.npz`` = mean of the folds' test matrices; ``oof.npz`` = their out-of-fold rows stacked."""
+    written = []
+    tests = sorted(model_dir.glob("fold*_test.npz"))
+    if tests:
+        written.append(save_matrix(model_dir / "test.npz", average([load_matrix(p) for p in tests])))
+    oofs = sorted(model_dir.glob("fold*_oof.npz"))
+    if oofs:
+        written.append(save_matrix(model_dir / "oof.npz", stack_rows([load_matrix(p) for p in oofs], str(model_dir))))
+    return written

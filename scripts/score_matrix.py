@@ -1,0 +1,61 @@
+"""Score matrices of every trained model and fold: test x catalog and out-of-fold validation x catalog.
+
+For each <runs>/<model>/fold<k> (trained by scripts/train_fold.py) writes
+<work-dir>/scores/<model>/fold<k>_test.npz and fold<k>_oof.npz (when --data-dir has folds.csv), then the
+fold means <work-dir>/scores/<model>/{test,oof}.npz. Catalog = every non-new_whale image of train.csv.
+
+Trained models apply to another catalog without retraining:
+  python scripts/score_matrix.py --data-dir data/season2025 --runs work/runs --work-dir work/season2025
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import _cli
+from data.catalog import load_catalog, read_folds
+from data.errors import InputError
+from matching.pipeline import combine_folds, discover_runs, score_run
+from siamese.infer import pick_device
+
+
+def main() -> int:
+    p = _cli.parser(__doc__)
+    p.add_argument("--runs", type=Path, help="folder of trained runs (default: <work-dir>/runs)")
+    p.add_argument("--models", nargs="+", help="only these model names (default: every model under --runs)")
+    p.add_argument("--budget-mb", type=float, default=512,
+                   help="memory for one block of pairs, beside the output matrix (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=64, help="images per feature batch (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
+    args = p.parse_args()
+    runs_dir = args.runs or args.work_dir / "runs"
+    runs = discover_runs(runs_dir, args.models)
+    if not runs:
+        raise InputError(runs_dir, "no trained runs (runs/<model>/fold<k>/config.yaml with the last stage's best.pt)")
+    catalog = load_catalog(args.data_dir, need_test=True)
+    folds_path = args.data_dir / "folds.csv"
+    folds = read_folds(folds_path) if folds_path.is_file() else None
+    device = pick_device(args.device)
+    print(f"{len(runs)} run(s) under {runs_dir}; {len(catalog.test_images)} test images, "
+          f"{(catalog.train['Id'] != 'new_whale').sum()} catalog images; device {device}")
+    start = time.perf_counter()
+    models = []
+    for run in runs:
+        val = None if folds is None else folds.loc[folds["fold"] == run.fold, "Image"].tolist()
+        out_dir = args.work_dir / "scores" / run.model
+        feat_dir = args.work_dir / "features" / run.model / f"fold{run.fold}"
+        for path in score_run(run, catalog, val, out_dir, feat_dir, device=device, budget_mb=args.budget_mb,
+                              batch=args.batch):
+            print(f"  wrote {path}")
+        if run.model not in models:
+            models.append(run.model)
+    for model in models:
+        for path in combine_folds(args.work_dir / "scores" / model):
+            print(f"  wrote {path}")
+    print(f"done in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    _cli.run(main)

@@ -1,0 +1,67 @@
+"""Train one Siamese model on one fold through every resolution stage of its schedule.
+
+Reads train.csv, folds.csv (scripts/make_folds.py) and boxes.csv when present from --data-dir; writes
+<work-dir>/runs/<model>/fold<k>/<size>px/{last,best}.pt and metrics.csv, and config.yaml of the run.
+
+Examples:
+  python scripts/train_fold.py 0
+  python scripts/train_fold.py 1 --config configs/densenet121.yaml --data-dir data/humpback
+  python scripts/train_fold.py 0 --resume                     # continue a killed run
+  python scripts/train_fold.py 0 --set train.seed=3 --set model.pretrained=false
+"""
+
+from __future__ import annotations
+
+import time
+
+import yaml
+
+import _cli
+from data.catalog import load_catalog, read_folds
+from data.errors import InputError
+from data.folds import fold_split
+from data.io import write_text
+from siamese.infer import pick_device
+from siamese.model import build_model
+from siamese.train import Trainer, build_fold_data
+
+
+def main() -> int:
+    p = _cli.parser(__doc__, default_config="demo.yaml")
+    p.add_argument("fold", type=int, help="the validation fold to train for (0-based)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest last.pt of this run")
+    p.add_argument("--weights", help="local branch weights file (safetensors or a torch state dict)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the config's train.device)")
+    args = p.parse_args()
+    cfg = _cli.config_from(args)
+    if args.weights:
+        cfg["model"]["weights"] = args.weights
+    if args.device:
+        cfg["train"]["device"] = args.device
+
+    catalog = load_catalog(args.data_dir, need_test=False)
+    folds_path = args.data_dir / "folds.csv"
+    if not folds_path.is_file():
+        raise InputError(folds_path, "not found; run scripts/make_folds.py first")
+    train_df, val_df = fold_split(read_folds(folds_path), args.fold)
+    data = build_fold_data(catalog, train_df, val_df)
+    if len(data.mining_index) < 2:
+        raise InputError(folds_path, f"fold {args.fold} has fewer than two whales with 2+ training images")
+
+    run_dir = args.work_dir / "runs" / cfg["model"]["name"] / f"fold{args.fold}"
+    device = pick_device(cfg["train"].get("device", "auto"))
+    print(f"fold {args.fold}: {len(data.train_paths)} catalog images ({len(data.mining_index)} give pairs), "
+          f"{len(data.val_paths)} validation images; device {device}; writing {run_dir}")
+    model = build_model(cfg["model"])
+    write_text(yaml.safe_dump(cfg, sort_keys=False), run_dir / "config.yaml")
+    start = time.perf_counter()
+    metrics = Trainer(model, cfg, data, run_dir, device).fit(resume=args.resume)
+    val = metrics.dropna(subset=["val_map5"])
+    print(f"done in {time.perf_counter() - start:.0f} s; validation MAP@5 per block:")
+    for _, row in val.iterrows():
+        print(f"  {int(row['size'])}px block {int(row['block'])}: {row['val_map5']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    _cli.run(main)

@@ -1,0 +1,54 @@
+"""Branch features for a list of images (deterministic crop, no augmentation)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from data.datasets import ImageDataset, make_loader
+from tqdm.auto import tqdm
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; any other value is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA where supported (fp16 otherwise); a no-op context on the CPU."""
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def compute_features(branch: torch.nn.Module, paths: Sequence[Path], boxes: Sequence, size: int, *,
+                     channels: int = 3, batch: int = 64, device: torch.device | str = "cpu",
+                     workers: int | None = None, max_megapixels: float = 60.0,
+                     amp: bool = True, desc: str = "features") -> np.ndarray:
+    """The branch over every image (test-time crop, margin 0.05), float32 ``[N, D]``, in input order."""
+    device = torch.device(device)
+    dataset = ImageDataset(list(paths), list(boxes), size, channels=channels, train=False,
+                           max_megapixels=max_megapixels)
+    loader = make_loader(dataset, batch, shuffle=False, workers=workers)
+    was_training = branch.training
+    branch.eval()
+    out = []
+    try:
+        for images in tqdm(loader, desc=desc, leave=False, unit="batch"):
+            images = images.to(device, non_blocking=True)
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                out.append(branch(images).float().cpu())
+    finally:
+        branch.train(was_training)
+    if not out:
+        return np.zeros((0, getattr(branch, "out_dim", 0)), np.float32)
+    return torch.cat(out).numpy()

@@ -1,0 +1,299 @@
+"""The Siamese training loop: stages by resolution, blocks of epochs, mined pairs, validation, checkpoints."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from data.datasets import ImageDataset, PairDataset, make_loader
+from matching.scores import score_matrix
+from tqdm.auto import tqdm
+
+from data.io import write_csv
+from matching.ranking import tune_threshold
+from siamese.checkpoint import load_checkpoint, save_checkpoint
+from siamese.infer import autocast, compute_features
+from siamese.model import SiameseModel
+from siamese.pairs import NegativeMiner, positive_pairs
+from siamese.schedule import Block, Position, Stage, global_epoch, parse_schedule
+
+NEW_WHALE = "new_whale"
+
+
+@dataclass
+class FoldData:
+    """Images of one fold: the training side (catalog of known whales) and the validation side."""
+
+    train_paths: list[Path]
+    train_boxes: list
+    train_labels: np.ndarray
+    val_paths: list[Path]
+    val_boxes: list
+    val_labels: np.ndarray
+
+    @property
+    def mining_index(self) -> np.ndarray:
+        """Training images whose whale has 2+ training images: the only ones that give pairs."""
+        ids, counts = np.unique(self.train_labels, return_counts=True)
+        multi = set(ids[counts >= 2]) - {NEW_WHALE}
+        return np.flatnonzero([label in multi for label in self.train_labels])
+
+
+def stage_dir(run_dir: Path, stage: Stage) -> Path:
+    return run_dir / f"{stage.size}px"
+
+
+class Trainer:
+    """Runs a schedule for one fold; ``run_dir`` is ``runs/<model>/fold<k>``."""
+
+    def __init__(self, model: SiameseModel, cfg: dict, data: FoldData, run_dir: Path,
+                 device: torch.device, log: Callable[[str], None] = print):
+        self.model = model.to(device)
+        self.cfg = cfg
+        self.tcfg = cfg["train"]
+        self.data = data
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.log = log
+        self.stages = parse_schedule(self.tcfg.get("stages"), "train.stages")
+        self.seed = int(self.tcfg.get("seed", 0))
+        self.channels = int(cfg["model"].get("in_chans", 3))
+        self.mine_idx = data.mining_index
+        self.mine_labels = data.train_labels[self.mine_idx]
+        self.miner = NegativeMiner(self.mine_labels, segments=int(self.tcfg.get("segments", 1)),
+                                   sparse_k=self.tcfg.get("sparse_k"))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.rows: list[dict] = []
+        self.best_map5 = -1.0
+        self._mine_scores: np.ndarray | None = None
+        self._frozen_feats: torch.Tensor | None = None
+
+    # ---- features and scores -------------------------------------------------------------
+    def _features(self, paths, boxes, size: int, desc: str) -> np.ndarray:
+        return compute_features(self.model.branch, paths, boxes, size, channels=self.channels,
+                                batch=int(self.tcfg.get("feature_batch", 64)), device=self.device,
+                                workers=self.tcfg.get("workers"), amp=bool(self.tcfg.get("amp", True)),
+                                max_megapixels=float(self.cfg.get("data", {}).get("max_megapixels", 60)),
+                                desc=desc)
+
+    def _scores(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+        return score_matrix(self.model.head, query, gallery, device=self.device,
+                            budget_mb=float(self.tcfg.get("score_budget_mb", 256)))
+
+    def _mining_features(self, size: int) -> np.ndarray:
+        d = self.data
+        return self._features([d.train_paths[i] for i in self.mine_idx],
+                              [d.train_boxes[i] for i in self.mine_idx], size, "mining features")
+
+    def validate(self, size: int) -> tuple[float, float]:
+        """Validation MAP@5 of the fold (threshold tuned for ``new_whale``) and that threshold."""
+        d = self.data
+        known = d.train_labels != NEW_WHALE
+        gallery = self._features([p for p, k in zip(d.train_paths, known) if k],
+                                 [b for b, k in zip(d.train_boxes, known) if k], size, "gallery features")
+        query = self._features(d.val_paths, d.val_boxes, size, "validation features")
+        scores = self._scores(query, gallery)
+        threshold, map5 = tune_threshold(scores, list(d.train_labels[known]), list(d.val_labels),
+                                         mode=self.tcfg.get("val_mode", "sum"))
+        return float(map5), float(threshold)
+
+    # ---- one epoch ----------------------------------------------------------------------
+    def _epoch_pairs(self, block: Block, rng: np.random.Generator, scores: np.ndarray | None):
+        pos = positive_pairs(self.mine_labels, rng)
+        neg = self.miner.mine(scores, block.K, rng)
+        pairs = np.concatenate([pos, neg]).astype(np.int64)
+        targets = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))]).astype(np.float32)
+        order = rng.permutation(len(pairs))
+        return pairs[order], targets[order]
+
+    def _train_frozen(self, pairs, targets, block: Block, desc: str) -> float:
+        feats = self._frozen_feats
+        self.model.head.train()
+        total, n = 0.0, 0
+        for start in tqdm(range(0, len(pairs), block.batch), desc=desc, leave=False, unit="batch"):
+            idx = torch.from_numpy(pairs[start:start + block.batch])
+            y = torch.from_numpy(targets[start:start + block.batch]).to(self.device)
+            logits = self.model.head(feats[idx[:, 0]], feats[idx[:, 1]])
+            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss) * len(y)
+            n += len(y)
+        return total / max(n, 1)
+
+    def _train_images(self, pairs, targets, block: Block, size: int, g: int, desc: str) -> float:
+        d = self.data
+        images = ImageDataset([d.train_paths[i] for i in self.mine_idx], [d.train_boxes[i] for i in self.mine_idx],
+                              size, channels=self.channels, train=True, seed=self.seed,
+                              max_megapixels=float(self.cfg.get("data", {}).get("max_megapixels", 60)))
+        images.set_epoch(g)
+        loader = make_loader(PairDataset(images, pairs, targets), block.batch, shuffle=False,
+                             workers=self.tcfg.get("workers"))
+        self.model.train()
+        amp = bool(self.tcfg.get("amp", True))
+        total, n = 0.0, 0
+        for a, b, y in tqdm(loader, desc=desc, leave=False, unit="batch"):
+            a, b, y = (t.to(self.device, non_blocking=True) for t in (a, b, y))
+            if self.device.type == "cuda":
+                a = a.contiguous(memory_format=torch.channels_last)
+                b = b.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, amp):
+                logits = self.model(a, b)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss) * len(y)
+            n += len(y)
+        return total / max(n, 1)
+
+    def _run_epoch(self, pos: Position) -> float:
+        stage, block = self.stages[pos.stage], self.stages[pos.stage].blocks[pos.block]
+        g = global_epoch(self.stages, pos)
+        rng = np.random.default_rng([self.seed, g])
+        torch.manual_seed(self.seed * 1_000_003 + g)
+        random_k = float(self.tcfg.get("random_k", 100))
+        if block.freeze_branch:
+            if self._frozen_feats is None:
+                self._frozen_feats = torch.from_numpy(self._mining_features(stage.size)).to(self.device)
+            scores = None if block.K >= random_k else self._scores(*(self._frozen_feats.cpu().numpy(),) * 2)
+        elif block.K >= random_k:
+            scores = None
+        else:
+            if self._mine_scores is None or pos.epoch % int(self.tcfg.get("mine_every", 1)) == 0:
+                feats = self._mining_features(stage.size)
+                self._mine_scores = self._scores(feats, feats)
+            scores = self._mine_scores
+        pairs, targets = self._epoch_pairs(block, rng, scores)
+        for group in self.optimizer.param_groups:
+            group["lr"] = block.lr
+        desc = (f"{stage.size}px block {pos.block + 1}/{len(stage.blocks)} "
+                f"epoch {pos.epoch + 1}/{block.epochs}")
+        if block.freeze_branch:
+            return self._train_frozen(pairs, targets, block, desc)
+        return self._train_images(pairs, targets, block, stage.size, g, desc)
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def _state(self, nxt: Position) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "position": [nxt.stage, nxt.block, nxt.epoch], "miner": self.miner.state_dict(),
+                "best_map5": self.best_map5, "rows": self.rows, "seed": self.seed,
+                "torch_rng": torch.get_rng_state()}
+
+    def _write_metrics(self) -> None:
+        frame = pd.DataFrame(self.rows)
+        for stage in self.stages:
+            part = frame[frame["size"] == stage.size] if len(frame) else frame
+            if len(part):
+                write_csv(part, stage_dir(self.run_dir, stage) / "metrics.csv")
+
+    def _start_stage(self, s: int) -> None:
+        """A stage starts from the best weights of the stage before, with a fresh optimizer."""
+        if s > 0:
+            best = load_checkpoint(stage_dir(self.run_dir, self.stages[s - 1]) / "best.pt", self.device)
+            self.model.load_state_dict(best["model"])
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.best_map5 = -1.0
+
+    def resume(self) -> Position | None:
+        """Load the newest ``last.pt`` of this run; the position to continue from, or None when there is none."""
+        for si in reversed(range(len(self.stages))):
+            path = stage_dir(self.run_dir, self.stages[si]) / "last.pt"
+            if not path.is_file():
+                continue
+            state = load_checkpoint(path, self.device)
+            pos = Position(*state["position"])
+            if pos.stage != si and pos.stage < len(self.stages):
+                self._start_stage(pos.stage)  # saved at the end of a stage: the next starts from its best
+            else:
+                self.model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.best_map5 = float(state["best_map5"])
+            self.miner.load_state_dict(state["miner"])
+            self.rows = list(state["rows"])
+            torch.set_rng_state(state["torch_rng"])
+            return pos
+        return None
+
+    def _next(self, pos: Position) -> Position:
+        block = self.stages[pos.stage].blocks[pos.block]
+        if pos.epoch + 1 < block.epochs:
+            return Position(pos.stage, pos.block, pos.epoch + 1)
+        if pos.block + 1 < len(self.stages[pos.stage].blocks):
+            return Position(pos.stage, pos.block + 1, 0)
+        return Position(pos.stage + 1, 0, 0)
+
+    def fit(self, resume: bool = False) -> pd.DataFrame:
+        """Run (or continue) the whole schedule; returns the metrics of every epoch."""
+        pos = self.resume() if resume else None
+        if pos is None:
+            if resume:
+                self.log(f"nothing to resume under {self.run_dir}: starting from the beginning")
+            pos = Position(0, 0, 0)
+            self._start_stage(0)
+        else:
+            self.log(f"resuming at stage {pos.stage + 1}, block {pos.block + 1}, epoch {pos.epoch + 1}")
+        while pos.stage < len(self.stages):
+            stage, block = self.stages[pos.stage], self.stages[pos.stage].blocks[pos.block]
+            if pos.epoch == 0:
+                self._frozen_feats = None
+                self._mine_scores = None
+            t0 = time.perf_counter()
+            loss = self._run_epoch(pos)
+            row = {"size": stage.size, "block": pos.block + 1, "epoch": pos.epoch + 1,
+                   "global_epoch": global_epoch(self.stages, pos) + 1, "lr": block.lr, "K": block.K,
+                   "freeze_branch": block.freeze_branch, "loss": round(loss, 6),
+                   "val_map5": float("nan"), "threshold": float("nan")}
+            nxt = self._next(pos)
+            block_done = nxt.block != pos.block or nxt.stage != pos.stage
+            sdir = stage_dir(self.run_dir, stage)
+            if block_done:
+                map5, threshold = self.validate(stage.size)
+                row.update(val_map5=round(map5, 6), threshold=round(threshold, 6))
+                if map5 > self.best_map5:
+                    self.best_map5 = map5
+                    save_checkpoint(sdir / "best.pt", {"model": self.model.state_dict(), "val_map5": map5,
+                                                       "threshold": threshold, "size": stage.size})
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            self.rows.append(row)
+            self._log_row(row)
+            if self._resumable_after(pos, block, block_done):
+                save_checkpoint(sdir / "last.pt", self._state(nxt))
+            self._write_metrics()
+            if nxt.stage != pos.stage and nxt.stage < len(self.stages):
+                self._start_stage(nxt.stage)
+            pos = nxt
+        return pd.DataFrame(self.rows)
+
+    def _resumable_after(self, pos: Position, block: Block, block_done: bool) -> bool:
+        """``last.pt`` is written where a resumed run needs nothing that is not in it (no cached mining scores)."""
+        mine_every = int(self.tcfg.get("mine_every", 1))
+        return (block_done or block.freeze_branch or block.K >= float(self.tcfg.get("random_k", 100))
+                or (pos.epoch + 1) % mine_every == 0)
+
+    def _log_row(self, row: dict) -> None:
+        msg = (f"{row['size']}px block {row['block']} epoch {row['epoch']}: loss {row['loss']:.4f} "
+               f"(lr {row['lr']:g}, K {row['K']:g}{', frozen branch' if row['freeze_branch'] else ''})")
+        if not np.isnan(row["val_map5"]):
+            msg += f"  val MAP@5 {row['val_map5']:.4f} (threshold {row['threshold']:.3f})"
+        self.log(msg)
+
+
+def build_fold_data(catalog, train_df: pd.DataFrame, val_df: pd.DataFrame) -> FoldData:
+    """FoldData from a validated catalog and one fold's training and validation rows (``Image, Id``)."""
+    known = train_df[train_df["Id"] != NEW_WHALE]
+    return FoldData(
+        train_paths=[catalog.train_path(n) for n in known["Image"]],
+        train_boxes=[catalog.box(n) for n in known["Image"]],
+        train_labels=known["Id"].to_numpy(dtype=str),
+        val_paths=[catalog.train_path(n) for n in val_df["Image"]],
+        val_boxes=[catalog.box(n) for n in val_df["Image"]],
+        val_labels=val_df["Id"].to_numpy(dtype=str),
+    )
