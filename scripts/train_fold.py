@@ -43,7 +43,7 @@ def main() -> int:
     folds_path = args.data_dir / "folds.csv"
     if not folds_path.is_file():
         raise InputError(folds_path, "not found; run scripts/make_folds.py first")
-    train_df, val_df = fold_split(read_folds(folds_path), args.fold)
+    train_df, val_df = fold_split(read_folds(folds_path), args.fold, include_singletons=True)
     data = build_fold_data(catalog, train_df, val_df)
     if len(data.mining_index) < 2:
         raise InputError(folds_path, f"fold {args.fold} has fewer than two whales with 2+ training images")

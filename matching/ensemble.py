@@ -1,0 +1,102 @@
+"""Blend the score matrices of several models, tune ``new_whale`` on out-of-fold rows, rank and post-process."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data.errors import InputError
+from matching.blend import ScoreMatrix, align, blend, load_matrix
+from matching.metrics import map_at_5
+from matching.postprocess import ColumnPass, apply_column_pass, column_pass_effect
+from matching.ranking import rank_queries, threshold_for_new_whale_share, tune_threshold
+
+
+@dataclass
+class ModelScore:
+    name: str
+    weight: float
+    oof_map5: float | None
+    threshold: float | None
+
+
+@dataclass
+class EnsembleResult:
+    models: list[ModelScore]
+    threshold: float
+    oof_map5: float | None
+    oof_map5_post: float | None
+    test: ScoreMatrix
+    ranked: list[list[str]]
+    swapped: int
+    notes: list[str] = field(default_factory=list)
+
+
+def choose_weights(available: Sequence[str], weights: Mapping[str, float] | None) -> tuple[dict[str, float], str]:
+    """Weights of the configured models that have matrices, renormalised; equal weights when none is configured."""
+    weights = dict(weights or {})
+    chosen = {m: float(weights[m]) for m in available if m in weights and float(weights[m]) > 0}
+    if chosen:
+        note = "" if len(chosen) == len([w for w in weights.values() if w > 0]) else \
+            f"configured models without matrices left out: {sorted(set(weights) - set(chosen))}"
+    else:
+        chosen = {m: 1.0 for m in available}
+        note = "no configured model has matrices: equal weights over " + ", ".join(available)
+    total = sum(chosen.values())
+    return {m: w / total for m, w in chosen.items()}, note
+
+
+def _truth_of(matrix: ScoreMatrix, labels: Mapping[str, str]) -> list[str]:
+    missing = [q for q in matrix.query if q not in labels]
+    if missing:
+        raise InputError(matrix.source, f"{len(missing)} out-of-fold images are not in train.csv (first: {missing[0]})")
+    return [labels[q] for q in matrix.query]
+
+
+def run_ensemble(scores_dir: Path, models: Sequence[str], weights: Mapping[str, float], labels: Mapping[str, str],
+                 *, mode: str = "sum", post: ColumnPass | None = None,
+                 new_whale_share: float | None = None) -> EnsembleResult:
+    """Blend ``scores/<model>/{test,oof}.npz``; the threshold comes from the blended OOF matrix (else a share)."""
+    post = post or ColumnPass()
+    chosen, note = choose_weights(models, weights)
+    notes = [note] if note else []
+    tests = [load_matrix(scores_dir / m / "test.npz") for m in chosen]
+    oof_paths = [scores_dir / m / "oof.npz" for m in chosen]
+    oofs = [load_matrix(p) for p in oof_paths] if all(p.is_file() for p in oof_paths) else None
+    results = []
+    for i, (name, weight) in enumerate(chosen.items()):
+        thr = map5 = None
+        if oofs is not None:
+            oof = oofs[i]
+            thr, map5 = tune_threshold(oof.scores, list(oof.gallery), _truth_of(oof, labels), mode=mode)
+        results.append(ModelScore(name, weight, map5, thr))
+    test = blend(tests, list(chosen.values()))
+    oof_map5 = oof_post = None
+    if oofs is not None:
+        oof = blend([align(o, oofs[0]) for o in oofs], list(chosen.values()))
+        truth = _truth_of(oof, labels)
+        threshold, oof_map5 = tune_threshold(oof.scores, list(oof.gallery), truth, mode=mode)
+        ranked_oof = rank_queries(oof.scores, list(oof.gallery), threshold, mode=mode)
+        oof_post = column_pass_effect(ranked_oof, oof.scores, list(oof.gallery), truth, post).map_after
+    else:
+        share = 0.276 if new_whale_share is None else new_whale_share
+        threshold = threshold_for_new_whale_share(test.scores, list(test.gallery), share, mode=mode)
+        notes.append(f"no out-of-fold matrices: threshold set for {share:.1%} new_whale at rank 1")
+    ranked = rank_queries(test.scores, list(test.gallery), threshold, mode=mode)
+    ranked, swapped = apply_column_pass(ranked, test.scores, list(test.gallery), post)
+    return EnsembleResult(results, float(threshold), oof_map5, oof_post, test, ranked, int(swapped.sum()), notes)
+
+
+def test_map5(result: EnsembleResult, truth: Mapping[str, str], source: str) -> float:
+    """MAP@5 of the ranked test queries against a truth table (every query must be in it)."""
+    missing = [q for q in result.test.query if q not in truth]
+    if missing:
+        raise InputError(source, f"{len(missing)} test images have no truth (first: {missing[0]})")
+    return map_at_5([truth[q] for q in result.test.query], result.ranked)
+
+
+def find_models(scores_dir: Path) -> list[str]:
+    """Models under ``scores_dir`` with a fold-averaged ``test.npz``, sorted."""
+    return sorted(p.parent.name for p in Path(scores_dir).glob("*/test.npz"))
+
