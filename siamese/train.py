@@ -67,7 +67,7 @@ class Trainer:
         self.mine_idx = data.mining_index
         self.mine_labels = data.train_labels[self.mine_idx]
         self.miner = NegativeMiner(self.mine_labels, segments=int(self.tcfg.get("segments", 1)),
-                                   sparse_k=self.tcfg.get("sparse_k"))
+                                   sparse_k=self.tcfg.get("sparse_k"), memory=1)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.rows: list[dict] = []
         self.best_map5 = -1.0
