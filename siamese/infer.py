@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from data.datasets import ImageDataset, make_loader
 from tqdm.auto import tqdm
+
+from data.datasets import ImageDataset, make_loader
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from data.datasets import ImageDataset, PairDataset, make_loader
-from matching.scores import score_matrix
 from tqdm.auto import tqdm
 
+from data.datasets import ImageDataset, PairDataset, make_loader
 from data.io import write_csv
 from matching.ranking import tune_threshold
+from matching.scores import score_matrix
 from siamese.checkpoint import load_checkpoint, save_checkpoint
 from siamese.infer import autocast, compute_features
 from siamese.model import SiameseModel
@@ -124,7 +124,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += float(loss) * len(y)
+            total += float(loss.detach()) * len(y)
             n += len(y)
         return total / max(n, 1)
 
@@ -150,7 +150,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += float(loss) * len(y)
+            total += float(loss.detach()) * len(y)
             n += len(y)
         return total / max(n, 1)
 

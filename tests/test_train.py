@@ -1,0 +1,110 @@
+"""The training loop on a tiny catalog: resume equals an unbroken run, frozen blocks, stage hand-over."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from data.catalog import load_catalog, read_folds
+from data.folds import fold_split
+from siamese.checkpoint import load_checkpoint
+from siamese.model import build_model
+from siamese.train import Trainer, build_fold_data
+
+MODEL = {"name": "tiny", "branch": "test_efficientnet", "in_chans": 3, "pool": "max", "pretrained": False,
+         "weights": None, "head_hidden": 8}
+STAGES = [
+    {"size": 32, "blocks": [{"epochs": 2, "lr": 1e-3, "K": 1000, "freeze_branch": True, "batch": 8},
+                            {"epochs": 1, "lr": 1e-3, "K": 1000, "freeze_branch": False, "batch": 8}]},
+    {"size": 40, "blocks": [{"epochs": 2, "lr": 5e-4, "K": 0.5, "freeze_branch": False, "batch": 8}]},
+]
+
+
+def make_trainer(catalog_dir, run_dir) -> Trainer:
+    catalog = load_catalog(catalog_dir, need_test=False)
+    train_df, val_df = fold_split(read_folds(catalog_dir / "folds.csv"), 0, include_singletons=True)
+    cfg = {"model": dict(MODEL), "train": {"seed": 3, "stages": STAGES, "workers": 0, "feature_batch": 16,
+                                           "sparse_k": None}}
+    torch.manual_seed(0)
+    return Trainer(build_model(cfg["model"]), cfg, build_fold_data(catalog, train_df, val_df), run_dir,
+                   torch.device("cpu"), log=lambda _: None)
+
+
+class Killed(Exception):
+    pass
+
+
+def deterministic(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.drop(columns=["seconds"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def unbroken(tiny_catalog, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("unbroken")
+    metrics = make_trainer(tiny_catalog, run_dir).fit()
+    return run_dir, metrics
+
+
+def test_every_block_is_validated_and_each_stage_keeps_its_best(unbroken):
+    run_dir, metrics = unbroken
+    assert len(metrics) == 5
+    validated = metrics.dropna(subset=["val_map5"])
+    assert list(zip(validated["size"], validated["block"])) == [(32, 1), (32, 2), (40, 1)]
+    assert validated["val_map5"].between(0, 1).all()
+    for size in (32, 40):
+        best = load_checkpoint(run_dir / f"{size}px" / "best.pt")
+        stage_rows = validated[validated["size"] == size]
+        assert best["val_map5"] == pytest.approx(stage_rows["val_map5"].max(), abs=1e-6)
+        written = pd.read_csv(run_dir / f"{size}px" / "metrics.csv")
+        assert len(written) == (metrics["size"] == size).sum()
+
+
+def test_a_killed_run_resumed_ends_with_the_same_weights_and_metrics(unbroken, tiny_catalog, tmp_path, monkeypatch):
+    run_dir, metrics = unbroken
+    trainer = make_trainer(tiny_catalog, tmp_path)
+    original = Trainer._run_epoch
+    calls = {"n": 0}
+
+    def dying(self, pos):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the second epoch of the 40 px stage
+            raise Killed
+        return original(self, pos)
+
+    monkeypatch.setattr(Trainer, "_run_epoch", dying)
+    with pytest.raises(Killed):
+        trainer.fit()
+    monkeypatch.setattr(Trainer, "_run_epoch", original)
+    assert not (tmp_path / "40px" / "best.pt").exists()
+    resumed = make_trainer(tiny_catalog, tmp_path).fit(resume=True)
+    pd.testing.assert_frame_equal(deterministic(resumed), deterministic(metrics))
+    for size in (32, 40):
+        a = load_checkpoint(run_dir / f"{size}px" / "last.pt")["model"]
+        b = load_checkpoint(tmp_path / f"{size}px" / "last.pt")["model"]
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_frozen_block_trains_the_head_and_leaves_the_branch_alone(tiny_catalog, tmp_path):
+    trainer = make_trainer(tiny_catalog, tmp_path)
+    trainer.stages = trainer.stages[:1]
+    branch_before = {k: v.clone() for k, v in trainer.model.branch.state_dict().items()}
+    head_before = {k: v.clone() for k, v in trainer.model.head.state_dict().items()}
+    trainer._start_stage(0)
+    from siamese.schedule import Position
+
+    trainer._run_epoch(Position(0, 0, 0))
+    for k, v in trainer.model.branch.state_dict().items():
+        assert torch.equal(v, branch_before[k]), k
+    assert any(not torch.equal(v, head_before[k]) for k, v in trainer.model.head.state_dict().items())
+
+
+def test_mining_set_excludes_singletons_and_new_whale(tiny_catalog, tmp_path):
+    data = make_trainer(tiny_catalog, tmp_path).data
+    labels = data.train_labels[data.mining_index]
+    ids, counts = np.unique(labels, return_counts=True)
+    assert (counts >= 2).all() and "new_whale" not in ids
+    all_ids, all_counts = np.unique(data.train_labels, return_counts=True)
+    assert set(ids) == set(all_ids[all_counts >= 2])
