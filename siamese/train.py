@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+import yaml
 from tqdm.auto import tqdm
 
 from data.datasets import ImageDataset, PairDataset, make_loader
@@ -297,3 +298,13 @@ def build_fold_data(catalog, train_df: pd.DataFrame, val_df: pd.DataFrame) -> Fo
         val_boxes=[catalog.box(n) for n in val_df["Image"]],
         val_labels=val_df["Id"].to_numpy(dtype=str),
     )
+
+
+def run_complete(run_dir: Path) -> bool:
+    """True when the run's config and the last stage's ``last.pt`` say the whole schedule is done."""
+    cfg_path = Path(run_dir) / "config.yaml"
+    if not cfg_path.is_file():
+        return False
+    stages = parse_schedule(yaml.safe_load(cfg_path.read_text())["train"]["stages"], str(cfg_path))
+    last = stage_dir(Path(run_dir), stages[-1]) / "last.pt"
+    return last.is_file() and load_checkpoint(last)["position"][0] >= len(stages)
