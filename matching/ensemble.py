@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from data.errors import InputError
@@ -31,6 +31,7 @@ class EnsembleResult:
     ranked: list[list[str]]
     swapped: int
     notes: list[str] = field(default_factory=list)
+    post_applied: bool = True
 
 
 def choose_weights(available: Sequence[str], weights: Mapping[str, float] | None) -> tuple[dict[str, float], str]:
@@ -47,17 +48,24 @@ def choose_weights(available: Sequence[str], weights: Mapping[str, float] | None
     return {m: w / total for m, w in chosen.items()}, note
 
 
-def _truth_of(matrix: ScoreMatrix, labels: Mapping[str, str]) -> list[str]:
-    missing = [q for q in matrix.query if q not in labels]
+def _labels_of(names, labels: Mapping[str, str], source: str | None, what: str) -> list[str]:
+    missing = [n for n in names if n not in labels]
     if missing:
-        raise InputError(matrix.source, f"{len(missing)} out-of-fold images are not in train.csv (first: {missing[0]})")
-    return [labels[q] for q in matrix.query]
+        raise InputError(source, f"{len(missing)} {what} images are not in train.csv (first: {missing[0]})")
+    return [labels[n] for n in names]
+
+
+def _truth_of(matrix: ScoreMatrix, labels: Mapping[str, str]) -> list[str]:
+    return _labels_of(matrix.query, labels, matrix.source, "out-of-fold")
 
 
 def run_ensemble(scores_dir: Path, models: Sequence[str], weights: Mapping[str, float], labels: Mapping[str, str],
-                 *, mode: str = "sum", post: ColumnPass | None = None,
+                 *, mode: str = "sum", post: ColumnPass | None = None, post_auto: bool = False,
                  new_whale_share: float | None = None) -> EnsembleResult:
-    """Blend ``scores/<model>/{test,oof}.npz``; the threshold comes from the blended OOF matrix (else a share)."""
+    """Blend ``scores/<model>/{test,oof}.npz``; the threshold comes from the blended OOF matrix (else a share).
+
+    With ``post_auto`` the column-wise pass is applied to the test ranking only where it raised the
+    out-of-fold MAP@5."""
     post = post or ColumnPass()
     chosen, note = choose_weights(models, weights)
     notes = [note] if note else []
@@ -69,26 +77,33 @@ def run_ensemble(scores_dir: Path, models: Sequence[str], weights: Mapping[str, 
         thr = map5 = None
         if oofs is not None:
             oof = oofs[i]
-            thr, map5 = tune_threshold(oof.scores, list(oof.gallery), _truth_of(oof, labels), mode=mode)
+            thr, map5 = tune_threshold(oof.scores, _labels_of(oof.gallery, labels, oof.source, "catalog"),
+                                       _truth_of(oof, labels), mode=mode)
         results.append(ModelScore(name, weight, map5, thr))
     test = blend(tests, list(chosen.values()))
+    whales = _labels_of(test.gallery, labels, tests[0].source, "catalog")
     oof_map5 = oof_post = None
     if oofs is not None:
         oof = blend([align(o, oofs[0]) for o in oofs], list(chosen.values()))
         truth = _truth_of(oof, labels)
-        threshold, oof_map5 = tune_threshold(oof.scores, list(oof.gallery), truth, mode=mode)
-        ranked_oof = rank_queries(oof.scores, list(oof.gallery), threshold, mode=mode)
-        oof_post = column_pass_effect(ranked_oof, oof.scores, list(oof.gallery), truth, post).map_after
+        oof_whales = _labels_of(oof.gallery, labels, oof_paths[0], "catalog")
+        threshold, oof_map5 = tune_threshold(oof.scores, oof_whales, truth, mode=mode)
+        ranked_oof = rank_queries(oof.scores, oof_whales, threshold, mode=mode)
+        oof_post = column_pass_effect(ranked_oof, oof.scores, oof_whales, truth, post).map_after
+        if post_auto and post.enabled and oof_post <= oof_map5:
+            post = replace(post, enabled=False)
+            notes.append("column pass left out of the submission: it did not raise the out-of-fold MAP@5")
     else:
         share = 0.276 if new_whale_share is None else new_whale_share
-        threshold = threshold_for_new_whale_share(test.scores, list(test.gallery), share, mode=mode)
+        threshold = threshold_for_new_whale_share(test.scores, whales, share, mode=mode)
         notes.append(f"no out-of-fold matrices: threshold set for {share:.1%} new_whale at rank 1")
-    ranked = rank_queries(test.scores, list(test.gallery), threshold, mode=mode)
-    ranked, swapped = apply_column_pass(ranked, test.scores, list(test.gallery), post)
-    return EnsembleResult(results, float(threshold), oof_map5, oof_post, test, ranked, int(swapped.sum()), notes)
+    ranked = rank_queries(test.scores, whales, threshold, mode=mode)
+    ranked, swapped = apply_column_pass(ranked, test.scores, whales, post)
+    return EnsembleResult(results, float(threshold), oof_map5, oof_post, test, ranked, int(swapped.sum()), notes,
+                          post.enabled)
 
 
-def test_map5(result: EnsembleResult, truth: Mapping[str, str], source: str) -> float:
+def map5_against(result: EnsembleResult, truth: Mapping[str, str], source: str) -> float:
     """MAP@5 of the ranked test queries against a truth table (every query must be in it)."""
     missing = [q for q in result.test.query if q not in truth]
     if missing:

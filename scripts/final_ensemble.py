@@ -13,7 +13,7 @@ from pathlib import Path
 import _cli
 from data.catalog import read_train_csv
 from data.errors import InputError
-from matching.ensemble import find_models, run_ensemble, test_map5
+from matching.ensemble import find_models, map5_against, run_ensemble
 from matching.postprocess import ColumnPass
 from matching.submission import read_truth, write_submission
 
@@ -30,9 +30,11 @@ def main() -> int:
         raise InputError(scores_dir, "no score matrices (<model>/test.npz); run scripts/score_matrix.py first")
     train = read_train_csv(args.data_dir / "train.csv")
     labels = dict(zip(train["Image"], train["Id"]))
-    post = ColumnPass(**cfg.get("postprocess", {}))
+    post_cfg = dict(cfg.get("postprocess", {}))
+    auto = post_cfg.get("enabled", True) == "auto"
+    post = ColumnPass(**dict(post_cfg, enabled=bool(post_cfg.get("enabled", True))))
     result = run_ensemble(scores_dir, models, cfg.get("weights"), labels, mode=cfg.get("mode", "sum"),
-                          post=post, new_whale_share=cfg.get("new_whale_share"))
+                          post=post, post_auto=auto, new_whale_share=cfg.get("new_whale_share"))
     for note in result.notes:
         print(f"note: {note}")
     print(f"{'model':<16}{'weight':>8}{'OOF MAP@5':>12}")
@@ -42,14 +44,14 @@ def main() -> int:
     if result.oof_map5 is not None:
         print(f"{'blend':<24}{result.oof_map5:>12.4f}")
         print(f"{'blend + column pass':<24}{result.oof_map5_post:>12.4f}"
-              f"{'' if post.enabled else '  (pass disabled for the submission)'}")
+              f"{'' if result.post_applied else '  (not applied to the submission)'}")
     print(f"threshold {result.threshold:.4f}; column pass swapped {result.swapped} test queries")
     out = args.out or args.work_dir / "submission.csv"
     write_submission(out, list(result.test.query), result.ranked)
     print(f"wrote {out} ({len(result.ranked)} queries)")
     truth_path = args.data_dir / "truth.csv"
     if truth_path.is_file():
-        print(f"test MAP@5 {test_map5(result, read_truth(truth_path), str(truth_path)):.4f} (against {truth_path})")
+        print(f"test MAP@5 {map5_against(result, read_truth(truth_path), str(truth_path)):.4f} (against {truth_path})")
     return 0
 
 
