@@ -45,7 +45,7 @@ def main() -> int:
         ("synthetic catalog", lambda: (data / "train.csv").is_file(),
          ["make_synthetic.py", "--out", str(data), "--seed", str(args.seed)]),
         ("folds", lambda: (data / "folds.csv").is_file(), ["make_folds.py", "--data-dir", str(data)]),
-        ("box detector", lambda: (work / "bbox" / "done.txt").is_file(),
+        ("box detector", lambda: (work / "bbox" / "metrics.csv").is_file(),
          ["train_bbox.py", "--data-dir", str(data), "--work-dir", str(work)]),
         ("boxes", lambda: (data / "boxes.csv").is_file(),
          ["predict_bbox.py", "--data-dir", str(data), "--work-dir", str(work)]),
