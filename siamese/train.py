@@ -120,14 +120,17 @@ class Trainer:
         for start in tqdm(range(0, len(pairs), block.batch), desc=desc, leave=False, unit="batch"):
             idx = torch.from_numpy(pairs[start:start + block.batch])
             y = torch.from_numpy(targets[start:start + block.batch]).to(self.device)
-            logits = self.model.head(feats[idx[:, 0]], feats[idx[:, 1]])
-            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += float(loss.detach()) * len(y)
+            total += self._step(self.model.head(feats[idx[:, 0]], feats[idx[:, 1]]), y)
             n += len(y)
         return total / max(n, 1)
+
+    def _step(self, logits: torch.Tensor, y: torch.Tensor) -> float:
+        """One Adam step on the BCE loss of a batch; returns the batch's summed loss."""
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach()) * len(y)
 
     def _train_images(self, pairs, targets, block: Block, size: int, g: int, desc: str) -> float:
         d = self.data
@@ -147,11 +150,7 @@ class Trainer:
                 b = b.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, amp):
                 logits = self.model(a, b)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += float(loss.detach()) * len(y)
+            total += self._step(logits, y)
             n += len(y)
         return total / max(n, 1)
 
