@@ -156,9 +156,12 @@ def rank_queries(
 
 
 def default_candidates(scores: np.ndarray, n: int = 51) -> np.ndarray:
-    """Threshold candidates: quantiles of each query's best score (these set the new_whale share)."""
+    """Threshold candidates: quantiles of each query's best score (these set the new_whale share), plus one
+    just below every best score, so that "never new_whale first" is among the choices."""
     row_max = np.asarray(scores, dtype=np.float32).max(axis=1)
-    return np.unique(np.quantile(row_max, np.linspace(0.0, 1.0, n)).astype(np.float32))
+    quantiles = np.quantile(row_max, np.linspace(0.0, 1.0, n)).astype(np.float32)
+    below = np.nextafter(row_max.min(), np.float32(-np.inf), dtype=np.float32)
+    return np.unique(np.append(quantiles, below))
 
 
 def _average_precisions(

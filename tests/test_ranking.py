@@ -128,3 +128,13 @@ def test_nan_scores_are_refused():
     scores = np.array([[0.5, np.nan]], dtype=np.float32)
     with pytest.raises(ValueError, match="NaN"):
         rank_queries(scores, ["a", "b"], 0.5)
+
+
+def test_default_candidates_allow_never_putting_new_whale_first():
+    from matching.ranking import default_candidates, tune_threshold
+
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.5]], dtype=np.float32)
+    threshold, value = tune_threshold(scores, ["w_a", "w_b"], ["w_a", "w_b", "w_a"])
+    assert value == pytest.approx(1.0)
+    assert threshold < scores.max(axis=1).min()
+    assert default_candidates(scores).min() < 0.6
