@@ -39,7 +39,7 @@ def contact_sheet(
     *,
     truth: Mapping[str, Box] | None = None,
     columns: int = 6,
-    cell: float = 2.6,
+    cell: float = 3.2,
     title: str | None = None,
     max_side: int = 480,
 ) -> Path:
@@ -81,6 +81,6 @@ def contact_sheet(
     fig.tight_layout()
     out = Path(out)
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return out

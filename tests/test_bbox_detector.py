@@ -15,7 +15,22 @@ from bbox.detector import (
 )
 from data.errors import InputError
 
-TINY = {"backbone": "efficientnet_lite0", "fpn_channels": 16, "box_head": 32, "min_size": 64, "max_size": 96}
+TINY = {
+    "backbone": "mobilenetv3_small_050",
+    "fpn_channels": 16,
+    "box_head": 32,
+    "min_size": 64,
+    "max_size": 96,
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions run faster on one thread than on two cores shared with other work."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _anchor_shapes(generator) -> np.ndarray:
@@ -105,7 +120,7 @@ def test_unreachable_pretrained_weights_fail_with_one_clear_line(monkeypatch):
 
 def test_loaded_weights_freeze_batch_norm_and_the_named_layers(tmp_path):
     path = tmp_path / "w.pth"
-    torch.save(timm.create_model("efficientnet_lite0", pretrained=False).state_dict(), path)
+    torch.save(timm.create_model(TINY["backbone"], pretrained=False).state_dict(), path)
     model = build_detector({**TINY, "weights": str(path), "freeze": ["conv_stem", "blocks.0"]})
     trainable = {n for n, p in model.backbone.body.named_parameters() if p.requires_grad}
     assert not any(n.startswith(("conv_stem", "blocks.0.")) for n in trainable)
