@@ -1,0 +1,267 @@
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import data.protocol as protocol
+from data.catalog import NEW_WHALE, load_catalog, read_train_csv
+from data.errors import InputError
+from data.protocol import ProtocolConfig, split_catalog, write_protocol
+
+REPO = Path(__file__).resolve().parents[1]
+RIGHT_WHALE = REPO.parent / "shared" / "data" / "right_whale"
+
+
+def _frame(counts: dict[str, int]) -> pd.DataFrame:
+    rows = [(f"{ident}_{k}.jpg", ident) for ident, n in counts.items() for k in range(n)]
+    return pd.DataFrame(rows, columns=["Image", "Id"])
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (links followed) by relative name -> its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def check_invariants(source: pd.DataFrame, out: Path, cfg: ProtocolConfig) -> None:
+    """What every protocol folder must satisfy, checked from the files alone."""
+    catalog = read_train_csv(out / "train.csv")
+    truth = read_train_csv(out / "truth.csv")
+    queries = pd.read_csv(out / "queries.csv", dtype=str)
+    assert list(truth["Image"]) == list(queries["Image"])
+    src_id = dict(zip(source["Image"], source["Id"]))
+    # Queries: fresh unique names that carry no Id, each a distinct source photo not in the catalog.
+    assert truth["Image"].is_unique and queries["Source"].is_unique
+    assert all(re.fullmatch(r"q_\d{5,}\.\w+", name) for name in truth["Image"])
+    ids = set(source["Id"])
+    assert not any(ident in name for name in truth["Image"] for ident in ids)
+    assert not set(queries["Source"]) & set(catalog["Image"])
+    assert not set(truth["Image"]) & set(catalog["Image"])
+    # The catalog is a subset of the source with the same Ids; new_whale photos all stay.
+    assert all(src_id[name] == ident for name, ident in zip(catalog["Image"], catalog["Id"]))
+    assert (catalog["Id"] == NEW_WHALE).sum() == (source["Id"] == NEW_WHALE).sum()
+    # A known query's truth is its source Id and that individual keeps a photo in the catalog;
+    # a new_whale query comes from an individual with no photo left in the catalog.
+    kept = set(catalog["Id"])
+    for ident, src in zip(truth["Id"], queries["Source"]):
+        if ident == NEW_WHALE:
+            assert src_id[src] != NEW_WHALE and src_id[src] not in kept
+        else:
+            assert src_id[src] == ident and ident in kept
+    # Every individual is either held out whole or keeps at least one photo (min_photos - queries, here).
+    counts = source[source["Id"] != NEW_WHALE]["Id"].value_counts()
+    held = set(truth.loc[truth["Id"] == NEW_WHALE, "Image"].map(dict(zip(queries["Image"], queries["Source"])))
+               .map(src_id))
+    left = catalog["Id"].value_counts()
+    n_held = int(round(cfg.new_individual_share * len(counts)))
+    assert len(held) == n_held and len(held) + len(set(left.index) - {NEW_WHALE}) == len(counts)
+    for ident, n in counts.items():
+        if ident in held:
+            assert ident not in left
+        elif n >= cfg.min_photos:
+            assert left[ident] == n - cfg.queries_per_individual >= 1
+            assert (truth["Id"] == ident).sum() == cfg.queries_per_individual
+        else:
+            assert left[ident] == n and (truth["Id"] == ident).sum() == 0
+    # Photos are the source photos, byte for byte.
+    for name, src in zip(queries["Image"], queries["Source"]):
+        assert (out / "test" / name).read_bytes() == (source_dir_of(out) / "train" / src).read_bytes()
+
+
+def source_dir_of(out: Path) -> Path:
+    return Path(json.loads((out / "protocol.json").read_text())["source"])
+
+
+def test_hand_worked_split():
+    # 5 individuals; a share of 0.2 holds out round(0.2 * 5) = 1 of them whole. Of the other four,
+    # those with >= 3 photos give 1 query each; the new_whale photos stay in the catalog.
+    counts = {"A": 5, "B": 3, "C": 2, "D": 1, "E": 4, NEW_WHALE: 2}
+    train = _frame(counts)
+    for seed in range(6):
+        split = split_catalog(train, ProtocolConfig(seed=seed))
+        assert len(split.new_individuals) == 1
+        (held,) = split.new_individuals
+        givers = {"A", "B", "E"} - {held}
+        q = split.queries
+        assert (q["Id"] == NEW_WHALE).sum() == counts[held]
+        assert set(q.loc[q["Id"] != NEW_WHALE, "Id"]) == givers and len(q) == counts[held] + len(givers)
+        assert len(split.catalog) == sum(counts.values()) - counts[held] - len(givers)
+        assert split.unused_photos == 0
+    # With two queries per individual and min 4 photos: A gives 2 and keeps 3, E gives 2 and keeps 2.
+    split = split_catalog(train, ProtocolConfig(seed=0, new_individual_share=0.0, queries_per_individual=2,
+                                                min_photos=4))
+    assert split.queries["Id"].value_counts().to_dict() == {"A": 2, "E": 2}
+    assert split.catalog["Id"].value_counts().to_dict() == {"A": 3, "B": 3, "C": 2, "E": 2, NEW_WHALE: 2, "D": 1}
+
+
+def test_max_new_photos_caps_queries_of_held_out_individuals():
+    train = _frame({"A": 6, "B": 6, "C": 6, "D": 6})
+    split = split_catalog(train, ProtocolConfig(seed=3, new_individual_share=0.5, max_new_photos=2))
+    assert (split.queries["Id"] == NEW_WHALE).sum() == 2 * 2
+    assert split.unused_photos == 2 * 4
+    assert len(split.catalog) == 2 * 5  # the two kept individuals gave one query each
+
+
+def test_seed_changes_the_split_and_only_the_seed():
+    train = _frame({f"w{i}": 3 + i % 4 for i in range(30)})
+    a = split_catalog(train, ProtocolConfig(seed=0))
+    b = split_catalog(train, ProtocolConfig(seed=0))
+    c = split_catalog(train, ProtocolConfig(seed=1))
+    pd.testing.assert_frame_equal(a.queries, b.queries)
+    pd.testing.assert_frame_equal(a.catalog, b.catalog)
+    assert set(a.queries["Source"]) != set(c.queries["Source"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"new_individual_share": 1.0}, "new_individual_share"),
+        ({"new_individual_share": -0.1}, "new_individual_share"),
+        ({"queries_per_individual": 3, "min_photos": 3}, "must exceed"),
+        ({"max_new_photos": -1}, "max_new_photos"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ProtocolConfig(**kwargs).check()
+
+
+def test_a_catalog_without_queries_is_refused():
+    with pytest.raises(ValueError, match="no query"):
+        split_catalog(_frame({"A": 2, "B": 1}), ProtocolConfig(new_individual_share=0.0))
+    with pytest.raises(ValueError, match="only new_whale"):
+        split_catalog(_frame({NEW_WHALE: 4}), ProtocolConfig())
+
+
+def test_tiny_catalog_protocol_loads_and_keeps_the_invariants(tiny_catalog, tmp_path):
+    cfg = ProtocolConfig(seed=0, new_individual_share=0.25)
+    out = tmp_path / "proto"
+    s = write_protocol(tiny_catalog, out, cfg)
+    source = read_train_csv(tiny_catalog / "train.csv")
+    check_invariants(source, out, cfg)
+    cat = load_catalog(out)  # train/, test/ and boxes.csv all accepted (boxes checked inside their photos)
+    truth = read_train_csv(out / "truth.csv")
+    assert sorted(cat.test_images) == sorted(truth["Image"])
+    assert len(cat.train) == s.catalog_photos and s.queries == len(truth)
+    assert s.new_individuals == 2 and s.new_whale_queries == (truth["Id"] == NEW_WHALE).sum()
+    # boxes.csv: the source boxes of the catalog photos and of the queries under their new names.
+    src_boxes = pd.read_csv(tiny_catalog / "boxes.csv").set_index("Image")
+    boxes = pd.read_csv(out / "boxes.csv").set_index("Image")
+    assert set(boxes.index) == set(cat.train["Image"]) | set(truth["Image"])
+    renamed = pd.read_csv(out / "queries.csv").set_index("Image")["Source"]
+    name = truth["Image"].iloc[0]
+    assert boxes.loc[name].tolist() == pytest.approx(src_boxes.loc[renamed[name]].tolist())
+    assert sum(s.links.values()) == s.catalog_photos + s.queries
+    assert not [p for p in tmp_path.iterdir() if p.name != "proto"]  # no temporary folder left
+
+
+def test_same_seed_same_files_other_seed_other_split(tiny_catalog, tmp_path):
+    cfg = ProtocolConfig(seed=5, new_individual_share=0.25)
+    write_protocol(tiny_catalog, tmp_path / "a", cfg)
+    write_protocol(tiny_catalog, tmp_path / "b", cfg, link="copy")
+    write_protocol(tiny_catalog, tmp_path / "c", ProtocolConfig(seed=6, new_individual_share=0.25))
+    a, b, c = (_files(tmp_path / n) for n in "abc")
+    assert a == b
+    assert a["truth.csv"] != c["truth.csv"] or a["queries.csv"] != c["queries.csv"]
+
+
+def test_link_modes(tiny_catalog, tmp_path):
+    s = write_protocol(tiny_catalog, tmp_path / "s", ProtocolConfig(), link="symlink")
+    assert s.links["symlink"] == s.catalog_photos + s.queries
+    first = next((tmp_path / "s" / "test").iterdir())
+    assert first.is_symlink() and first.resolve().parent == (tiny_catalog / "train").resolve()
+    load_catalog(tmp_path / "s")
+    s = write_protocol(tiny_catalog, tmp_path / "c", ProtocolConfig(), link="copy")
+    assert s.links["copy"] == s.catalog_photos + s.queries
+    assert not any(p.is_symlink() for p in (tmp_path / "c").rglob("*"))
+
+
+def test_failure_midway_leaves_nothing_behind(tiny_catalog, tmp_path, monkeypatch):
+    real = protocol._place
+    calls = []
+
+    def flaky(src, dst, mode):
+        calls.append(dst)
+        if len(calls) == 7:
+            raise OSError("disk full")
+        return real(src, dst, mode)
+
+    monkeypatch.setattr(protocol, "_place", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        write_protocol(tiny_catalog, tmp_path / "out", ProtocolConfig())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_and_source_folder_are_protected(tiny_catalog, tmp_path):
+    out = tmp_path / "out"
+    write_protocol(tiny_catalog, out, ProtocolConfig(seed=0))
+    before = _files(out)
+    with pytest.raises(InputError, match="already exists"):
+        write_protocol(tiny_catalog, out, ProtocolConfig(seed=1))
+    assert _files(out) == before
+    write_protocol(tiny_catalog, out, ProtocolConfig(seed=1), force=True)  # a protocol folder may be replaced
+    assert _files(out) != before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not a protocol folder"):
+        write_protocol(tiny_catalog, other, ProtocolConfig(), force=True)
+    for target in (tiny_catalog, tiny_catalog.parent):
+        with pytest.raises(InputError, match="source folder"):
+            write_protocol(tiny_catalog, target, ProtocolConfig(), force=True)
+    with pytest.raises(InputError, match="data folder not found"):
+        write_protocol(tmp_path / "nowhere", tmp_path / "x", ProtocolConfig())
+
+
+def test_a_missing_photo_is_one_line_naming_train_csv(tmp_path):
+    src = tmp_path / "src"
+    (src / "train").mkdir(parents=True)
+    (src / "train.csv").write_text("Image,Id\na.jpg,w1\n")
+    with pytest.raises(InputError, match="not found") as err:
+        write_protocol(src, tmp_path / "out", ProtocolConfig())
+    assert err.value.path == src / "train.csv"
+    assert not (tmp_path / "out").exists()
+
+
+def _script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "make_protocol.py"), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_script_writes_and_summarises(tiny_catalog, tmp_path):
+    out = tmp_path / "p"
+    res = _script("--data-dir", str(tiny_catalog), "--out", str(out), "--seed", "2", "--new-share", "0.25")
+    assert res.returncode == 0, res.stderr
+    truth = read_train_csv(out / "truth.csv")
+    n_new = int((truth["Id"] == NEW_WHALE).sum())
+    assert f"{n_new} new_whale ({n_new / len(truth):.1%})" in res.stdout
+    assert f"test/ {len(truth)} photos" in res.stdout
+    res = _script("--data-dir", str(tiny_catalog), "--out", str(out))
+    assert res.returncode == 2 and "already exists" in res.stderr and res.stderr.count("\n") == 1
+    res = _script("--data-dir", str(tiny_catalog), "--out", str(tmp_path / "q"), "--min-photos", "1")
+    assert res.returncode == 2 and "bad settings" in res.stderr and not (tmp_path / "q").exists()
+    res = _script("--help")
+    assert res.returncode == 0 and "--out /tmp/protocol_rw --seed 0" in res.stdout
+
+
+@pytest.mark.skipif(not (RIGHT_WHALE / "train.csv").is_file(), reason="right_whale catalog not present")
+def test_right_whale_protocol(tmp_path):
+    cfg = ProtocolConfig(seed=0)
+    out = tmp_path / "rw"
+    s = write_protocol(RIGHT_WHALE, out, cfg)
+    source = read_train_csv(RIGHT_WHALE / "train.csv")
+    counts = source[source["Id"] != NEW_WHALE]["Id"].value_counts()
+    assert s.source_photos == len(source) and s.source_individuals == len(counts)
+    assert s.new_individuals == round(0.2 * len(counts))
+    assert s.catalog_individuals == len(counts) - s.new_individuals
+    held = set(counts.index) - set(read_train_csv(out / "train.csv")["Id"])
+    assert s.new_whale_queries == counts[list(held)].sum()
+    assert s.known_queries == int((counts.drop(list(held)) >= cfg.min_photos).sum())
+    assert s.catalog_photos + s.queries == s.source_photos
+    assert s.new_whale_share == pytest.approx(s.new_whale_queries / s.queries)
+    check_invariants(source, out, cfg)
+    cat = load_catalog(out)
+    assert len(cat.test_images) == s.queries and len(cat.train) == s.catalog_photos
