@@ -46,7 +46,7 @@ class ImageDataset(Dataset):
     """Crops of ``paths`` around ``boxes`` as normalised ``[C, size, size]`` tensors.
 
     Test mode: margin 0.05, no augmentation. Train mode: a margin drawn from [0.01, 0.09] and
-    :func:`data.augment.train_augment`, both seeded from ``(seed, epoch, index, draw)``.
+    :func:`data.augment.train_augment` at ``augment_strength``, both seeded from ``(seed, epoch, index, draw)``.
     """
 
     def __init__(
@@ -59,6 +59,7 @@ class ImageDataset(Dataset):
         train: bool = False,
         seed: int = 0,
         max_megapixels: float = 60.0,
+        augment_strength: float = 1.0,
     ):
         if len(paths) != len(boxes):
             raise ValueError(f"{len(paths)} paths but {len(boxes)} boxes")
@@ -69,7 +70,7 @@ class ImageDataset(Dataset):
         self.train = train
         self.seed = seed
         self.max_megapixels = max_megapixels
-        self.augment = train_augment(size, channels) if train else None
+        self.augment = train_augment(size, channels, augment_strength) if train else None
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     @property

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from data.errors import InputError
-from matching.blend import ScoreMatrix, align, blend, load_matrix
+from matching.blend import ScoreMatrix, align, blend, load_matrix, save_matrix
 from matching.metrics import map_at_5
 from matching.postprocess import ColumnPass, apply_column_pass, column_pass_effect
 from matching.ranking import rank_queries, threshold_for_new_whale_share, tune_threshold
@@ -32,6 +32,7 @@ class EnsembleResult:
     swapped: int
     notes: list[str] = field(default_factory=list)
     post_applied: bool = True
+    oof: ScoreMatrix | None = None
 
 
 def choose_weights(available: Sequence[str], weights: Mapping[str, float] | None) -> tuple[dict[str, float], str]:
@@ -82,7 +83,7 @@ def run_ensemble(scores_dir: Path, models: Sequence[str], weights: Mapping[str, 
         results.append(ModelScore(name, weight, map5, thr))
     test = blend(tests, list(chosen.values()))
     whales = _labels_of(test.gallery, labels, tests[0].source, "catalog")
-    oof_map5 = oof_post = None
+    oof_map5 = oof_post = oof = None
     if oofs is not None:
         oof = blend([align(o, oofs[0]) for o in oofs], list(chosen.values()))
         truth = _truth_of(oof, labels)
@@ -100,7 +101,15 @@ def run_ensemble(scores_dir: Path, models: Sequence[str], weights: Mapping[str, 
     ranked = rank_queries(test.scores, whales, threshold, mode=mode)
     ranked, swapped = apply_column_pass(ranked, test.scores, whales, post)
     return EnsembleResult(results, float(threshold), oof_map5, oof_post, test, ranked, int(swapped.sum()), notes,
-                          post.enabled)
+                          post.enabled, oof)
+
+
+def save_blends(result: EnsembleResult, out_dir: Path) -> list[Path]:
+    """Write the blended ``test.npz`` (and ``oof.npz``) to ``out_dir`` (not under ``scores/``: not a model)."""
+    written = [save_matrix(Path(out_dir) / "test.npz", result.test)]
+    if result.oof is not None:
+        written.append(save_matrix(Path(out_dir) / "oof.npz", result.oof))
+    return written
 
 
 def map5_against(result: EnsembleResult, truth: Mapping[str, str], source: str) -> float:

@@ -40,6 +40,10 @@ def build_report(data_dir: str | Path, work_dir: str | Path, *, weights: Mapping
     predicted = read_submission(submission)
     catalog = load_catalog(data_dir, need_test=False, check_files=False)
     labels = dict(zip(catalog.train["Image"], catalog.train["Id"], strict=True))
+    saved = work_dir / "ensemble"  # the blends final_ensemble.py wrote, when there are any
+    if test_matrix is None and (saved / "test.npz").is_file():
+        test_matrix = saved / "test.npz"
+        oof_matrix = oof_matrix or ((saved / "oof.npz") if (saved / "oof.npz").is_file() else None)
     blend = load_blend(work_dir / "scores", weights, test_matrix=test_matrix, oof_matrix=oof_matrix)
     notes = list(blend.notes)
     test = blend.test

@@ -2,7 +2,8 @@
 
 Reads <work-dir>/scores/<model>/{test,oof}.npz (scripts/score_matrix.py) and train.csv of --data-dir (the
 truth of the out-of-fold rows); prints the out-of-fold MAP@5 of each model and of the blend with and without
-the column-wise pass; writes <work-dir>/submission.csv. When --data-dir has truth.csv (the synthetic
+the column-wise pass; writes <work-dir>/submission.csv and the blended matrices <work-dir>/ensemble/{test,oof}.npz
+(read by scripts/report.py). When --data-dir has truth.csv (the synthetic
 catalog), prints the test MAP@5 too.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import _cli
 from data.catalog import read_train_csv
 from data.errors import InputError
-from matching.ensemble import find_models, map5_against, run_ensemble
+from matching.ensemble import find_models, map5_against, run_ensemble, save_blends
 from matching.postprocess import ColumnPass
 from matching.submission import read_truth, write_submission
 
@@ -49,6 +50,8 @@ def main() -> int:
     out = args.out or args.work_dir / "submission.csv"
     write_submission(out, list(result.test.query), result.ranked)
     print(f"wrote {out} ({len(result.ranked)} queries)")
+    blends = save_blends(result, args.work_dir / "ensemble")
+    print(f"wrote {', '.join(map(str, blends))} (blended matrices, read by scripts/report.py)")
     truth_path = args.data_dir / "truth.csv"
     if truth_path.is_file():
         print(f"test MAP@5 {map5_against(result, read_truth(truth_path), str(truth_path)):.4f} (against {truth_path})")

@@ -1,7 +1,8 @@
 """The match-review page: one static HTML file to confirm or reject the matches of a submission.
 
-Reads <work-dir>/submission.csv, the score matrices <work-dir>/scores/<model>/{test,oof}.npz (blended with the
-weights of the ensemble config, as scripts/final_ensemble.py blends them), the training metrics
+Reads <work-dir>/submission.csv, the blended matrices <work-dir>/ensemble/{test,oof}.npz that
+scripts/final_ensemble.py writes (else <work-dir>/scores/<model>/{test,oof}.npz, blended with the weights of
+the ensemble config as final_ensemble.py blends them), the training metrics
 <work-dir>/runs/<model>/fold<k>/<size>px/metrics.csv, and from --data-dir train.csv, the photos, boxes.csv
 and truth.csv when present. Writes <work-dir>/report/index.html and its thumbnails in
 <work-dir>/report/thumbs/ (or, with --embed, one file with everything inside).
@@ -28,7 +29,7 @@ def main() -> int:
     p.add_argument("--submission", type=Path, help="submission file (default: <work-dir>/submission.csv)")
     p.add_argument("--out", type=Path, help="report folder (default: <work-dir>/report)")
     p.add_argument("--test-matrix", type=Path,
-                   help="an already blended test x catalog matrix (.npz) instead of blending <work-dir>/scores")
+                   help="a blended test x catalog matrix (.npz); default: <work-dir>/ensemble/test.npz when it exists")
     p.add_argument("--oof-matrix", type=Path, help="an already blended out-of-fold matrix (.npz)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N queries of the submission")
     p.add_argument("--embed", action="store_true",

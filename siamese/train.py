@@ -136,11 +136,14 @@ class Trainer:
         d = self.data
         images = ImageDataset([d.train_paths[i] for i in self.mine_idx], [d.train_boxes[i] for i in self.mine_idx],
                               size, channels=self.channels, train=True, seed=self.seed,
-                              max_megapixels=float(self.cfg.get("data", {}).get("max_megapixels", 60)))
+                              max_megapixels=float(self.cfg.get("data", {}).get("max_megapixels", 60)),
+                              augment_strength=float(self.tcfg.get("augment_strength", 1.0)))
         images.set_epoch(g)
         loader = make_loader(PairDataset(images, pairs, targets), block.batch, shuffle=False,
                              workers=self.tcfg.get("workers"))
         self.model.train()
+        if self.tcfg.get("freeze_bn", False):
+            freeze_batchnorm(self.model.branch)
         amp = bool(self.tcfg.get("amp", True))
         total, n = 0.0, 0
         for a, b, y in tqdm(loader, desc=desc, leave=False, unit="batch"):
@@ -284,6 +287,14 @@ class Trainer:
         if not np.isnan(row["val_map5"]):
             msg += f"  val MAP@5 {row['val_map5']:.4f} (threshold {row['threshold']:.3f})"
         self.log(msg)
+
+
+def freeze_batchnorm(module: torch.nn.Module) -> None:
+    """Put every BatchNorm of ``module`` in eval mode: running statistics are used and kept as they are, so the
+    features of a fine-tuned branch stay those its head was warmed up on (small batches, small images)."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def build_fold_data(catalog, train_df: pd.DataFrame, val_df: pd.DataFrame) -> FoldData:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from data.errors import InputError
-from matching.blend import ScoreMatrix, save_matrix
-from matching.ensemble import choose_weights, find_models, map5_against, run_ensemble
+from matching.blend import ScoreMatrix, load_matrix, save_matrix
+from matching.ensemble import choose_weights, find_models, map5_against, run_ensemble, save_blends
 
 GALLERY = np.array(["g0.jpg", "g1.jpg", "g2.jpg", "g3.jpg", "g4.jpg", "g5.jpg"])
 WHALES = ["w_a", "w_a", "w_b", "w_c", "w_d", "w_e"]
@@ -54,6 +54,11 @@ def test_blend_is_tuned_on_out_of_fold_rows_and_ranks_the_test_queries(scores_di
     assert map5_against(result, truth, "truth.csv") == pytest.approx(1.0)
     assert all(len(r) == 5 == len(set(r)) for r in result.ranked)
     assert [r[0] for r in result.ranked] == [truth[q] for q in result.test.query]
+    written = save_blends(result, path.parent / "ensemble")
+    back = load_matrix(written[0])
+    np.testing.assert_array_equal(back.scores, result.test.scores)
+    assert list(back.query) == list(result.test.query) and len(written) == 2
+    assert find_models(path) == ["good", "weak"]  # the blends are not taken for a model
 
 
 def test_without_out_of_fold_rows_the_threshold_follows_the_new_whale_share(scores_dir):

@@ -19,7 +19,7 @@ from data.catalog import NEW_WHALE, read_train_csv
 from data.errors import InputError
 from data.io import write_csv
 from matching.blend import ScoreMatrix, blend, save_matrix
-from matching.ensemble import run_ensemble
+from matching.ensemble import run_ensemble, save_blends
 from matching.ranking import rank_queries, threshold_for_new_whale_share
 from matching.report import (
     build_rows,
@@ -169,6 +169,18 @@ def test_the_blend_is_the_ensembles_blend(tiny_catalog, work):
     assert mine.weights == pytest.approx(WEIGHTS)
     np.testing.assert_array_equal(mine.test.scores, result.test.scores)
     assert list(mine.test.query) == list(result.test.query) and mine.oof is not None
+
+
+def test_the_report_reads_the_blends_final_ensemble_saved(tiny_catalog, work):
+    train = read_train_csv(tiny_catalog / "train.csv")
+    result = run_ensemble(work / "scores", ["alpha", "beta"], WEIGHTS, dict(zip(train["Image"], train["Id"])))
+    written = save_blends(result, work / "ensemble")
+    assert [p.name for p in written] == ["test.npz", "oof.npz"]
+    # with only the saved blend (no per-model matrices) the page still builds from it
+    shutil.rmtree(work / "scores")
+    report = build_report(tiny_catalog, work, weights=WEIGHTS, progress=False)
+    assert report.queries == 12 and len(report.histogram_panels) == 2
+    assert any(str(work / "ensemble" / "test.npz") in n for n in report.notes)
 
 
 def _page_json(page: Path) -> dict:
