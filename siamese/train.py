@@ -163,15 +163,14 @@ class Trainer:
         rng = np.random.default_rng([self.seed, g])
         torch.manual_seed(self.seed * 1_000_003 + g)
         random_k = float(self.tcfg.get("random_k", 100))
-        if block.freeze_branch:
-            if self._frozen_feats is None:
-                self._frozen_feats = torch.from_numpy(self._mining_features(stage.size)).to(self.device)
-            scores = None if block.K >= random_k else self._scores(*(self._frozen_feats.cpu().numpy(),) * 2)
-        elif block.K >= random_k:
+        if block.freeze_branch and self._frozen_feats is None:
+            self._frozen_feats = torch.from_numpy(self._mining_features(stage.size)).to(self.device)
+        if block.K >= random_k:
             scores = None
         else:
             if self._mine_scores is None or pos.epoch % int(self.tcfg.get("mine_every", 1)) == 0:
-                feats = self._mining_features(stage.size)
+                feats = (self._frozen_feats.cpu().numpy() if block.freeze_branch
+                         else self._mining_features(stage.size))
                 self._mine_scores = self._scores(feats, feats)
             scores = self._mine_scores
         pairs, targets = self._epoch_pairs(block, rng, scores)
@@ -278,7 +277,7 @@ class Trainer:
     def _resumable_after(self, pos: Position, block: Block, block_done: bool) -> bool:
         """``last.pt`` is written where a resumed run needs nothing that is not in it (no cached mining scores)."""
         mine_every = int(self.tcfg.get("mine_every", 1))
-        return (block_done or block.freeze_branch or block.K >= float(self.tcfg.get("random_k", 100))
+        return (block_done or block.K >= float(self.tcfg.get("random_k", 100))
                 or (pos.epoch + 1) % mine_every == 0)
 
     def _log_row(self, row: dict) -> None:
@@ -290,11 +289,14 @@ class Trainer:
 
 
 def freeze_batchnorm(module: torch.nn.Module) -> None:
-    """Put every BatchNorm of ``module`` in eval mode: running statistics are used and kept as they are, so the
-    features of a fine-tuned branch stay those its head was warmed up on (small batches, small images)."""
+    """Freeze every BatchNorm of ``module``: eval mode (running statistics used, not updated) and no gradient
+    for its scale and shift. The features of a fine-tuned branch then stay those its head was warmed up on
+    (small batches of small images), and a drifting final BN shift cannot switch every feature off."""
     for m in module.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.eval()
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(False)
 
 
 def build_fold_data(catalog, train_df: pd.DataFrame, val_df: pd.DataFrame) -> FoldData:
