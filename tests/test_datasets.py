@@ -66,6 +66,22 @@ def test_train_items_depend_only_on_seed_epoch_and_index(photos):
     assert not torch.equal(a.get(4, draw=1), first)
 
 
+def test_augment_strength_zero_leaves_only_the_random_margin(photos, monkeypatch):
+    paths, boxes = photos
+    margins = []
+    real = datasets.load_crop
+
+    def spy(path, box, size, margin, **kw):
+        margins.append(margin)
+        return real(path, box, size, margin=margin, **kw)
+
+    monkeypatch.setattr(datasets, "load_crop", spy)
+    plain = ImageDataset(paths, boxes, SIZE, train=True, seed=2, augment_strength=0.0)
+    item = plain[1]
+    torch.testing.assert_close(item, to_tensor(real(paths[1], boxes[1], SIZE, margin=margins[-1])))
+    assert not torch.equal(ImageDataset(paths, boxes, SIZE, train=True, seed=2)[1], item)
+
+
 def test_train_margin_varies_between_epochs_around_the_box(photos, monkeypatch):
     paths, boxes = photos
     margins = []

@@ -108,3 +108,35 @@ def test_mining_set_excludes_singletons_and_new_whale(tiny_catalog, tmp_path):
     assert (counts >= 2).all() and "new_whale" not in ids
     all_ids, all_counts = np.unique(data.train_labels, return_counts=True)
     assert set(ids) == set(all_ids[all_counts >= 2])
+
+
+def test_freeze_bn_keeps_batchnorm_as_loaded_while_the_branch_trains(tiny_catalog, tmp_path):
+    trainer = make_trainer(tiny_catalog, tmp_path)
+    trainer.tcfg["freeze_bn"] = True
+    trainer.tcfg["augment_strength"] = 0.5
+    trainer.stages = trainer.stages[:1]
+    bns = [m for m in trainer.model.branch.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns
+    bn_before = [{k: v.clone() for k, v in m.state_dict().items()} for m in bns]
+    conv_before = trainer.model.branch.backbone.conv_stem.weight.clone()
+    trainer._start_stage(0)
+    from siamese.schedule import Position
+
+    trainer._run_epoch(Position(0, 1, 0))  # the unfrozen block
+    for m, before in zip(bns, bn_before):
+        assert not m.training and all(not p.requires_grad for p in m.parameters(recurse=False))
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, before[k]), k  # statistics, scale and shift as loaded
+    assert not torch.equal(trainer.model.branch.backbone.conv_stem.weight, conv_before)
+
+
+def test_without_freeze_bn_batchnorm_statistics_follow_the_batches(tiny_catalog, tmp_path):
+    trainer = make_trainer(tiny_catalog, tmp_path)
+    trainer.stages = trainer.stages[:1]
+    bn = next(m for m in trainer.model.branch.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    mean_before = bn.running_mean.clone()
+    trainer._start_stage(0)
+    from siamese.schedule import Position
+
+    trainer._run_epoch(Position(0, 1, 0))
+    assert not torch.equal(bn.running_mean, mean_before)
