@@ -1,4 +1,5 @@
-"""The whole job on the built-in synthetic catalog: generate, fold, box, train two folds, score, blend, submit.
+"""The whole job on the built-in synthetic catalog: generate, fold, box, train two folds, score, blend, submit,
+and write the match-review page.
 
 Each step runs the project's own script (as a user would) and is skipped when its output already exists,
 unless --force. Ends with a summary: MAP@5 of submission.csv against truth.csv, the raw-pixel baseline,
@@ -58,6 +59,7 @@ def main() -> int:
         ("score matrices", lambda: (work / "scores" / model / "test.npz").is_file(),
          ["score_matrix.py", "--data-dir", str(data), "--work-dir", str(work), "--models", model]),
         ("ensemble", lambda: False, ["final_ensemble.py", "--data-dir", str(data), "--work-dir", str(work)]),
+        ("review page", lambda: False, ["report.py", "--data-dir", str(data), "--work-dir", str(work)]),
     ]
     timings = []
     for name, done, command in steps:
@@ -79,7 +81,7 @@ def main() -> int:
     for name, seconds in timings:
         print(f"  {name:<22} {'reused' if seconds is None else f'{seconds:7.1f} s'}")
     print(f"  raw-pixel cosine baseline MAP@5 {baseline.map5:.4f}")
-    print(f"  submission {work / 'submission.csv'}")
+    print(f"  submission {work / 'submission.csv'}; review page {work / 'report' / 'index.html'}")
     print(f"MAP@5 {submission_map:.4f}")
     return 0
 
