@@ -76,3 +76,154 @@ def test_script_prints_both_versions_and_ends_with_the_whole_photo_map(tiny, mon
     lines = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("fluke crop: MAP@5") for line in lines)
     assert lines[-1] == f"MAP@5 {raw_pixel_baseline(tiny).map5:.4f}"
+
+
+# ---- frozen ImageNet branch features ----------------------------------------------------------------
+
+from data.catalog import load_catalog, read_folds  # noqa: E402
+from data.folds import fold_split  # noqa: E402
+from matching.baseline import (  # noqa: E402
+    branch_features,
+    cached_run_features,
+    feature_baseline,
+    frozen_branch,
+    needed_images,
+    oof_parts,
+    same_features,
+)
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return frozen_branch()  # ImageNet EfficientNet-Lite0, offline weights
+
+
+def _features_from(catalog_dir: Path, vector_of) -> dict:
+    """Unit features of every catalog and test photo: ``vector_of(part, name, whale)``."""
+    train = pd.read_csv(catalog_dir / "train.csv")
+    truth = pd.read_csv(catalog_dir / "truth.csv")
+    out = {}
+    for part, df in (("train", train), ("test", truth)):
+        for name, whale in zip(df["Image"], df["Id"]):
+            v = np.asarray(vector_of(part, name, whale), np.float32)
+            out[(part, name)] = v / np.linalg.norm(v)
+    return out
+
+
+def test_fold_protocol_scores_validation_photos_against_their_folds_training_photos_only(tiny_catalog):
+    folds_df = read_folds(tiny_catalog / "folds.csv")
+    rng = np.random.default_rng(0)
+    feats = _features_from(tiny_catalog, lambda *_: rng.normal(size=16))
+    for k, part in oof_parts(feats, folds_df, [0, 1], "fold").items():
+        train_df, val_df = fold_split(folds_df, k, include_singletons=True)
+        assert part.query == val_df["Image"].tolist()
+        assert part.gallery == train_df.loc[train_df["Id"] != NEW_WHALE, "Image"].tolist()
+        assert not set(part.query) & set(part.gallery)
+        assert NEW_WHALE not in part.gallery_labels
+        assert np.isfinite(part.scores).all()
+
+
+def test_catalog_protocol_never_matches_a_photo_with_itself(tiny_catalog):
+    """Unrelated random features: only a photo's own column could rank its whale first, and it is masked."""
+    folds_df = read_folds(tiny_catalog / "folds.csv")
+    rng = np.random.default_rng(1)
+    feats = _features_from(tiny_catalog, lambda *_: rng.normal(size=512))
+    for part in oof_parts(feats, folds_df, [0, 1], "catalog").values():
+        assert set(part.query) <= set(part.gallery) | {n for n, w in zip(part.query, part.truth) if w == NEW_WHALE}
+        for i, name in enumerate(part.query):
+            if name in part.gallery:
+                assert part.scores[i, part.gallery.index(name)] == -np.inf
+        best = part.scores.argmax(axis=1)
+        assert not any(part.gallery[j] == q for j, q in zip(best, part.query))
+
+
+def test_features_equal_within_a_whale_give_map5_one_out_of_fold_and_on_test(tiny_catalog):
+    train, truth = pd.read_csv(tiny_catalog / "train.csv"), pd.read_csv(tiny_catalog / "truth.csv")
+    whales = sorted(set(train["Id"]) | set(truth["Id"]))
+    names = sorted(train["Image"]) + sorted(truth["Image"])
+
+    def one_hot(part, name, whale):  # new_whale photos: a direction of their own, unlike every whale
+        v = np.zeros(len(whales) + len(names))
+        v[whales.index(whale) if whale != NEW_WHALE else len(whales) + names.index(name)] = 1.0
+        return v
+
+    feats = _features_from(tiny_catalog, one_hot)
+    for protocol in ("fold", "catalog"):
+        r = feature_baseline(tiny_catalog, protocol=protocol, features=feats)
+        assert r.folds == [0, 1]
+        assert r.oof_map5 == pytest.approx(1.0)
+        assert all(v == pytest.approx(1.0) for v in r.fold_map5.values())
+        assert 0.0 <= r.threshold < 1.0
+        # Test: a catalog whale's photo finds it first, a new_whale photo gets new_whale first.
+        findable = int((truth["Id"].isin(train["Id"]) | (truth["Id"] == NEW_WHALE)).sum())
+        assert r.test.queries == 12 and r.test.top1_correct == findable
+        assert r.test.new_whale_hits == r.test.truth_new_whale > 0
+
+
+def test_frozen_lite0_baseline_on_the_tiny_catalog(tiny_catalog, lite0):
+    r = feature_baseline(tiny_catalog, size=64, branch=lite0)
+    folds_df = read_folds(tiny_catalog / "folds.csv")
+    assert r.oof_queries == int((folds_df["fold"] >= 0).sum())
+    assert 0.0 <= r.oof_map5 <= 1.0 and np.isfinite(r.threshold)
+    assert r.test.queries == 12
+    assert r.gallery == int((pd.read_csv(tiny_catalog / "train.csv")["Id"] != NEW_WHALE).sum())
+    assert r.test_oracle_map5 >= r.test.map5 - 1e-9
+
+
+def test_test_photos_copied_from_the_catalog_are_found_first(tiny_catalog, lite0, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_catalog, copy)
+    shutil.rmtree(copy / "test")
+    (copy / "test").mkdir()
+    train = pd.read_csv(copy / "train.csv")
+    picked = train[train["Id"] != NEW_WHALE].groupby("Id").head(1)
+    for name in picked["Image"]:
+        shutil.copy(copy / "train" / name, copy / "test" / name)
+    picked.to_csv(copy / "truth.csv", index=False)
+    (copy / "boxes.csv").unlink()  # the copies have no boxes of their own: whole photos on both sides
+    r = feature_baseline(copy, size=64, branch=lite0)
+    assert r.test_oracle_map5 == pytest.approx(1.0)
+    assert r.test.found_at_rank[0] + r.test.found_at_rank[1] == len(picked)  # first, or second after new_whale
+
+
+def test_cached_features_are_reused_only_when_they_match_fresh_frozen_ones(tiny_catalog, lite0, tmp_path):
+    from data.io import save_npz
+
+    catalog = load_catalog(tiny_catalog)
+    keys = needed_images(catalog, with_test=True)
+    raw = {}
+    from siamese.infer import compute_features
+
+    paths = [catalog.train_path(n) if p == "train" else catalog.test_path(n) for p, n in keys]
+    raw = dict(zip(keys, compute_features(lite0, paths, [catalog.box(n) for _, n in keys], 64)))
+    train_keys = [k for k in keys if k[0] == "train"]
+    test_keys = [k for k in keys if k[0] == "test"]
+    for fold, part, ks in (("fold0", "catalog", train_keys), ("fold0", "test", test_keys)):
+        save_npz(tmp_path / "run" / fold / f"{part}.npz", features=np.stack([raw[k] for k in ks]),
+                 names=np.asarray([n for _, n in ks], dtype=str), key=np.asarray("k"))
+    known = cached_run_features(tmp_path / "run")
+    assert set(known) == set(keys)
+    assert same_features(catalog, known, 64, branch=lite0)
+    assert not same_features(catalog, known, 96, branch=lite0)  # another size: other features
+    shifted = {k: v + (k == keys[0]) * 10.0 for k, v in known.items()}
+    assert not same_features(catalog, shifted, 64, branch=lite0, samples=len(keys))
+    fresh = branch_features(catalog, keys, 64, branch=lite0)
+    reused = branch_features(catalog, keys, 64, known=known)
+    assert max(float(np.abs(fresh[k] - reused[k]).max()) for k in keys) < 1e-4
+
+
+def test_script_lite0_ends_with_the_test_map_and_writes_both_protocols(tiny_catalog, monkeypatch, capsys, tmp_path):
+    import json
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    out = tmp_path / "b.json"
+    monkeypatch.setattr(sys, "argv", ["baseline.py", "--data-dir", str(tiny_catalog), "--features", "lite0",
+                                      "--size", "64", "--json", str(out)])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(REPO / "scripts" / "baseline.py"), run_name="__main__")
+    assert stop.value.code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    record = json.loads(out.read_text())
+    assert [r["protocol"] for r in record["results"]] == ["fold", "catalog"]
+    assert lines[-1] == f"MAP@5 {record['results'][0]['test']['map5']:.4f}"
+    assert any(line.startswith("out-of-fold (fold protocol)") for line in lines)
