@@ -300,7 +300,7 @@ def score_matrix(
 
     with torch.inference_mode():
         y_block, y_cols = None, None
-        for rows, cols in tqdm(blocks, desc="score blocks", disable=not progress):
+        for rows, cols in tqdm(blocks, desc="score blocks", disable=not progress, leave=False):
             if cols != y_cols:
                 y_block, y_cols = g_t[cols].to(device, torch.float32).contiguous(), cols
             xb = q_t[rows].to(device, torch.float32).contiguous()

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching
+from tqdm.auto import tqdm
 
 NEW_WHALE = "new_whale"
 RANDOM_CANDIDATES = 32  # candidates per row for random negatives (scores=None)
@@ -206,7 +207,8 @@ class NegativeMiner:
         else:
             groups = [np.sort(g) for g in np.array_split(rng.permutation(self.n), self.segments)]
         self.last_segments, self.last_solvers = groups, []
-        parts = [self._assign(g, scores, float(K), seed, rng) for g in groups]
+        steps = tqdm(groups, desc="assignment", unit="segment", leave=False, disable=len(groups) < 2 and self.n < 2000)
+        parts = [self._assign(g, scores, float(K), seed, rng) for g in steps]
         pairs = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
         pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]
         self.history.append(pairs)

@@ -85,7 +85,7 @@ class Trainer:
 
     def _scores(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
         return score_matrix(self.model.head, query, gallery, device=self.device,
-                            budget_mb=float(self.tcfg.get("score_budget_mb", 256)))
+                            budget_mb=float(self.tcfg.get("score_budget_mb", 256)), progress=True)
 
     def _mining_features(self, size: int) -> np.ndarray:
         d = self.data
