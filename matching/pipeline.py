@@ -18,6 +18,7 @@ import yaml
 from data.errors import InputError
 from data.io import load_npz, save_npz
 from matching.blend import ScoreMatrix, average, load_matrix, save_matrix
+from matching.distributed import SINGLE, Shards, stack_npz_rows
 from matching.scores import score_matrix
 from siamese.checkpoint import load_checkpoint
 from siamese.infer import compute_features
@@ -65,8 +66,10 @@ def load_run_model(run: Run, device: torch.device) -> SiameseModel:
 
 def cached_features(model: SiameseModel, run: Run, names: Sequence[str], paths: Sequence[Path],
                     boxes: Sequence, cache: Path, device: torch.device, batch: int = 64,
-                    workers: int | None = None) -> np.ndarray:
-    """Branch features of ``paths``, reused from ``cache`` (``.npz``: features, names, key) when still valid."""
+                    workers: int | None = None, shards: Shards = SINGLE) -> np.ndarray:
+    """Branch features of ``paths``, reused from ``cache`` (``.npz``: features, names, key) when still valid.
+
+    With several ``shards`` each process computes its rows and rank 0 writes the whole cache."""
     stat = run.checkpoint.stat()
     key = f"{run.checkpoint.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{run.size}"
     names = np.asarray(names, dtype=str)
@@ -75,12 +78,21 @@ def cached_features(model: SiameseModel, run: Run, names: Sequence[str], paths: 
         if str(stored["key"]) == key and np.array_equal(stored["names"], names):
             return stored["features"]
     mcfg = run.config["model"]
-    feats = compute_features(model.branch, paths, boxes, run.size, channels=int(mcfg.get("in_chans", 3)),
-                             batch=batch, device=device, workers=workers,
-                             max_megapixels=float(run.config.get("data", {}).get("max_megapixels", 60)),
-                             desc=f"{run.model} fold{run.fold} {cache.stem}")
-    save_npz(cache, features=feats, names=names, key=np.asarray(key))
-    return feats
+    rows = shards.rows(len(names))
+
+    def write_part(path: Path) -> None:
+        feats = compute_features(model.branch, list(paths)[rows], list(boxes)[rows], run.size,
+                                 channels=int(mcfg.get("in_chans", 3)), batch=batch, device=device,
+                                 workers=workers,
+                                 max_megapixels=float(run.config.get("data", {}).get("max_megapixels", 60)),
+                                 desc=f"{run.model} fold{run.fold} {cache.stem}")
+        save_npz(path, features=feats, names=names[rows], key=np.asarray(key))
+
+    def join(parts: list[Path], path: Path) -> None:
+        save_npz(path, **stack_npz_rows(("features", "names"))(parts, path))
+
+    shards.assemble(cache, write_part, join)
+    return load_npz(cache)["features"]
 
 
 def mask_self(matrix: ScoreMatrix) -> ScoreMatrix:
@@ -94,13 +106,16 @@ def mask_self(matrix: ScoreMatrix) -> ScoreMatrix:
 
 
 def score_run(run: Run, catalog, val_names: Sequence[str] | None, out_dir: Path, feat_dir: Path, *,
-              device: torch.device, budget_mb: float = 512, batch: int = 64, workers: int | None = None) -> list[Path]:
+              device: torch.device, budget_mb: float = 512, batch: int = 64, workers: int | None = None,
+              shards: Shards = SINGLE) -> list[Path]:
     """Write ``fold<k>_test.npz`` (test x catalog) and, given validation names, ``fold<k>_oof.npz`` to ``out_dir``;
-    branch features are cached in ``feat_dir``."""
+    branch features are cached in ``feat_dir``. With several ``shards`` (torchrun) each process scores its
+    query rows and rank 0 assembles the same files."""
     model = load_run_model(run, device)
     known = catalog.train[catalog.train["Id"] != NEW_WHALE]["Image"].tolist()
     gallery = cached_features(model, run, known, [catalog.train_path(n) for n in known],
-                              [catalog.box(n) for n in known], feat_dir / "catalog.npz", device, batch, workers)
+                              [catalog.box(n) for n in known], feat_dir / "catalog.npz", device, batch, workers,
+                              shards)
     written = []
     parts = [("test", catalog.test_images, catalog.test_path)]
     if val_names is not None and len(val_names):
@@ -109,12 +124,21 @@ def score_run(run: Run, catalog, val_names: Sequence[str] | None, out_dir: Path,
         if not names:
             continue
         query = cached_features(model, run, names, [path_of(n) for n in names], [catalog.box(n) for n in names],
-                                feat_dir / f"{part}.npz", device, batch, workers)
-        scores = score_matrix(model.head, query, gallery, device=device, budget_mb=budget_mb)
-        matrix = ScoreMatrix(scores=scores, query=np.asarray(names, dtype=str), gallery=np.asarray(known, dtype=str))
-        if part == "oof":
-            matrix = mask_self(matrix)
-        written.append(save_matrix(out_dir / f"fold{run.fold}_{part}.npz", matrix))
+                                feat_dir / f"{part}.npz", device, batch, workers, shards)
+        rows = shards.rows(len(names))
+
+        def write_part(path: Path, rows=rows, query=query, names=names, part=part) -> None:
+            scores = score_matrix(model.head, query[rows], gallery, device=device, budget_mb=budget_mb)
+            matrix = ScoreMatrix(scores=scores, query=np.asarray(names[rows], dtype=str),
+                                 gallery=np.asarray(known, dtype=str))
+            save_matrix(path, mask_self(matrix) if part == "oof" else matrix)
+
+        def join(paths: list[Path], path: Path) -> None:
+            save_matrix(path, stack_rows([load_matrix(p) for p in paths], str(path)))
+
+        target = out_dir / f"fold{run.fold}_{part}.npz"
+        shards.assemble(target, write_part, join)
+        written.append(target)
     return written
 
 

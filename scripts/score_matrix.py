@@ -6,6 +6,10 @@ fold means <work-dir>/scores/<model>/{test,oof}.npz. Catalog = every non-new_wha
 
 Trained models apply to another catalog without retraining:
   python scripts/score_matrix.py --data-dir data/season2025 --runs work/runs --work-dir work/season2025
+
+Several processes (GPUs or machines) through torchrun: query rows are split over the ranks, each scores
+its rows, and rank 0 assembles the same files a single process writes:
+  torchrun --nproc_per_node 2 scripts/score_matrix.py
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import _cli
 from data.catalog import load_catalog, read_folds
 from data.errors import InputError
+from matching.distributed import from_env, local_device
 from matching.pipeline import combine_folds, discover_runs, score_run
 from siamese.infer import pick_device
 
@@ -37,7 +42,10 @@ def main() -> int:
     folds_path = args.data_dir / "folds.csv"
     folds = read_folds(folds_path) if folds_path.is_file() else None
     device = pick_device(args.device)
-    print(f"{len(runs)} run(s) under {runs_dir}; {len(catalog.test_images)} test images, "
+    shards = from_env(device)  # torchrun: query rows split over the processes, rank 0 writes the files
+    device = local_device(device)
+    say = print if shards.main else (lambda *a, **k: None)
+    say(f"{len(runs)} run(s) under {runs_dir}; {len(catalog.test_images)} test images, "
           f"{(catalog.train['Id'] != 'new_whale').sum()} catalog images; device {device}")
     start = time.perf_counter()
     models = []
@@ -46,14 +54,16 @@ def main() -> int:
         out_dir = args.work_dir / "scores" / run.model
         feat_dir = args.work_dir / "features" / run.model / f"fold{run.fold}"
         for path in score_run(run, catalog, val, out_dir, feat_dir, device=device, budget_mb=args.budget_mb,
-                              batch=args.batch):
-            print(f"  wrote {path}")
+                              batch=args.batch, shards=shards):
+            say(f"  wrote {path}")
         if run.model not in models:
             models.append(run.model)
-    for model in models:
-        for path in combine_folds(args.work_dir / "scores" / model):
-            print(f"  wrote {path}")
-    print(f"done in {time.perf_counter() - start:.0f} s")
+    if shards.main:
+        for model in models:
+            for path in combine_folds(args.work_dir / "scores" / model):
+                print(f"  wrote {path}")
+    shards.barrier()
+    say(f"done in {time.perf_counter() - start:.0f} s" + (f" on {shards.world} processes" if shards.world > 1 else ""))
     return 0
 
 

@@ -1,0 +1,95 @@
+"""Work split over the processes of ``torchrun``: contiguous row shards, a barrier, and parts assembled on rank 0.
+
+Under ``torchrun --nproc_per_node N`` (or across machines with its rendezvous) every process gets ``RANK``
+and ``WORLD_SIZE``; :func:`from_env` joins the process group (NCCL on CUDA, gloo on the CPU). Each rank
+then does its shard of the rows, writes it as a part file beside the final one, and rank 0 stacks the parts
+in rank order into exactly the file a single process writes. Without ``torchrun`` everything is one shard.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Shards:
+    """This process's place among ``world`` processes."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def rows(self, n: int, rank: int | None = None) -> slice:
+        """The contiguous share of ``range(n)`` of ``rank`` (this process by default); sizes differ by at most 1."""
+        r = self.rank if rank is None else rank
+        return slice(round(r * n / self.world), round((r + 1) * n / self.world))
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def part_path(self, path: Path, rank: int | None = None) -> Path:
+        r = self.rank if rank is None else rank
+        return path.with_name(f".{path.stem}.part{r}of{self.world}{path.suffix}")
+
+    def assemble(self, path: Path, write_part: Callable[[Path], None],
+                 join: Callable[[list[Path], Path], None]) -> None:
+        """Every rank writes its part (``write_part(part_path)``); rank 0 joins the parts into ``path``
+        (``join(parts, path)``) and removes them; all ranks return once ``path`` exists."""
+        if self.world == 1:
+            write_part(path)
+            return
+        write_part(self.part_path(path))
+        self.barrier()
+        if self.main:
+            parts = [self.part_path(path, r) for r in range(self.world)]
+            try:
+                join(parts, path)
+            finally:
+                for p in parts:
+                    p.unlink(missing_ok=True)
+        self.barrier()
+
+
+SINGLE = Shards()
+
+
+def from_env(device: torch.device) -> Shards:
+    """The shards of this process: joins the process group when ``WORLD_SIZE`` > 1 (set by torchrun)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Shards(dist.get_rank(), dist.get_world_size())
+
+
+def local_device(device: torch.device) -> torch.device:
+    """On CUDA under torchrun, the GPU of this process (``LOCAL_RANK``); otherwise ``device`` unchanged."""
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+def stack_npz_rows(keys_by_row: tuple[str, ...]) -> Callable[[list[Path], Path], dict[str, np.ndarray]]:
+    """A loader that stacks the arrays named ``keys_by_row`` of several part files along their first axis."""
+    from data.io import load_npz
+
+    def load(parts: list[Path], _path: Path) -> dict[str, np.ndarray]:
+        loaded = [load_npz(p) for p in parts]
+        out = dict(loaded[0])
+        for key in keys_by_row:
+            out[key] = np.concatenate([d[key] for d in loaded])
+        return out
+
+    return load
