@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def replace_dir(tmp: str | Path, out: str | Path) -> Path:
+    """Move the finished folder ``tmp`` to ``out`` (a sibling), replacing an existing ``out``; if the final
+    rename fails the earlier ``out`` is put back. ``tmp`` is removed on any failure."""
+    tmp, out = Path(tmp), Path(out)
+    try:
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old / out.name, out)  # put the earlier folder back
+                shutil.rmtree(old, ignore_errors=True)
+                raise
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> Path:

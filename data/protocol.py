@@ -33,6 +33,7 @@ import pandas as pd
 
 from data.catalog import NEW_WHALE, read_boxes, read_train_csv
 from data.errors import InputError
+from data.io import replace_dir
 
 QUERY_PREFIX = "q_"
 LINK_MODES = ("auto", "hardlink", "symlink", "copy")
@@ -245,21 +246,10 @@ def write_protocol(data_dir: str | Path, out: str | Path, cfg: ProtocolConfig, *
         }
         (tmp / "protocol.json").write_text(json.dumps(record, indent=2) + "\n")
         os.chmod(tmp, 0o755)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "protocol")
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(old / "protocol", out)  # put the earlier folder back
-                shutil.rmtree(old, ignore_errors=True)
-                raise
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_dir(tmp, out)
     return summary
 
 

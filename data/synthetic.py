@@ -25,6 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from data.errors import InputError
+from data.io import replace_dir
 from data.synth_fluke import make_fluke
 from data.synth_photo import encode_jpeg, render_photo
 
@@ -230,16 +231,10 @@ def write_catalog(out: str | Path, cfg: SynthConfig, *, force: bool = False,
     try:
         plan, _ = _generate_into(tmp, cfg, progress)
         os.chmod(tmp, 0o755)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "catalog")
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_dir(tmp, out)
     train = plan.split("train")
     test = plan.split("test")
     known = pd.Series([p.label for p in train if p.label != NEW_WHALE]).value_counts()

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from data.io import load_npz
+
 
 @dataclass(frozen=True)
 class Shards:
@@ -81,15 +83,7 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def stack_npz_rows(keys_by_row: tuple[str, ...]) -> Callable[[list[Path], Path], dict[str, np.ndarray]]:
-    """A loader that stacks the arrays named ``keys_by_row`` of several part files along their first axis."""
-    from data.io import load_npz
-
-    def load(parts: list[Path], _path: Path) -> dict[str, np.ndarray]:
-        loaded = [load_npz(p) for p in parts]
-        out = dict(loaded[0])
-        for key in keys_by_row:
-            out[key] = np.concatenate([d[key] for d in loaded])
-        return out
-
-    return load
+def stack_npz_rows(parts: list[Path], keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays of the first part file, with those named ``keys`` stacked along their first axis over all parts."""
+    loaded = [load_npz(p) for p in parts]
+    return {**loaded[0], **{key: np.concatenate([d[key] for d in loaded]) for key in keys}}

@@ -13,9 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from data.catalog import NEW_WHALE
-from data.errors import InputError
 from matching.metrics import average_precision_at_5, map_at_5
-from matching.submission import TOP_K, read_submission, read_truth
+from matching.submission import TOP_K, read_predictions
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -143,10 +142,4 @@ def evaluate(truth: Mapping[str, str], predicted: Mapping[str, Sequence[str]]) -
 
 def evaluate_files(submission: str | Path, truth: str | Path) -> Evaluation:
     """:func:`evaluate` on a submission file and a truth file, both validated (one-line ``InputError``)."""
-    predicted = read_submission(submission)
-    expected = read_truth(truth)
-    missing = [name for name in expected if name not in predicted]
-    if missing:
-        raise InputError(submission, f"{len(missing)} query image(s) of {truth} have no prediction "
-                                     f"(e.g. {missing[0]!r})")
-    return evaluate(expected, predicted)
+    return evaluate(*read_predictions(submission, truth))

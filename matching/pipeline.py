@@ -89,7 +89,7 @@ def cached_features(model: SiameseModel, run: Run, names: Sequence[str], paths: 
         save_npz(path, features=feats, names=names[rows], key=np.asarray(key))
 
     def join(parts: list[Path], path: Path) -> None:
-        save_npz(path, **stack_npz_rows(("features", "names"))(parts, path))
+        save_npz(path, **stack_npz_rows(parts, ("features", "names")))
 
     shards.assemble(cache, write_part, join)
     return load_npz(cache)["features"]

@@ -71,12 +71,18 @@ def read_truth(path: str | Path) -> dict[str, str]:
     return dict(zip(df["Image"], df["Id"], strict=True))
 
 
-def evaluate_submission(submission: str | Path, truth: str | Path) -> float:
-    """MAP@5 of a submission file against a truth file (every truth image must be in the submission)."""
+def read_predictions(submission: str | Path, truth: str | Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """``(truth, predictions)`` of a truth file and a submission file; every truth image must be predicted."""
     predicted = read_submission(submission)
     expected = read_truth(truth)
     missing = [name for name in expected if name not in predicted]
     if missing:
         raise InputError(submission, f"{len(missing)} image(s) of {truth} have no prediction "
                                      f"(e.g. {missing[0]!r})")
+    return expected, predicted
+
+
+def evaluate_submission(submission: str | Path, truth: str | Path) -> float:
+    """MAP@5 of a submission file against a truth file (every truth image must be in the submission)."""
+    expected, predicted = read_predictions(submission, truth)
     return map_at_5(list(expected.values()), [predicted[name] for name in expected])

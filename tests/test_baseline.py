@@ -31,10 +31,10 @@ def test_baseline_on_a_tiny_catalog_is_a_map_over_every_test_photo(tiny):
         assert r.gallery == int((train["Id"] != NEW_WHALE).sum())
 
 
-def test_a_query_identical_to_a_gallery_photo_scores_one(tiny, tmp_path):
-    """Test photos that are copies of catalog photos are matched first, whole or cropped."""
-    copy = tmp_path / "copy"
-    shutil.copytree(tiny, copy)
+
+def catalog_with_test_copies(catalog: Path, copy: Path) -> Path:
+    """A copy of ``catalog`` whose test photos are copies of one catalog photo of each known whale."""
+    shutil.copytree(catalog, copy)
     shutil.rmtree(copy / "test")
     (copy / "test").mkdir()
     train = pd.read_csv(copy / "train.csv")
@@ -42,6 +42,11 @@ def test_a_query_identical_to_a_gallery_photo_scores_one(tiny, tmp_path):
     for name in picked["Image"]:
         shutil.copy(copy / "train" / name, copy / "test" / name)
     picked.to_csv(copy / "truth.csv", index=False)
+    return copy
+
+def test_a_query_identical_to_a_gallery_photo_scores_one(tiny, tmp_path):
+    """Test photos that are copies of catalog photos are matched first, whole or cropped."""
+    copy = catalog_with_test_copies(tiny, tmp_path / "copy")
     assert raw_pixel_baseline(copy).map5 == pytest.approx(1.0)
     assert raw_pixel_baseline(copy, crop=True).map5 == pytest.approx(1.0)
 
@@ -171,19 +176,12 @@ def test_frozen_lite0_baseline_on_the_tiny_catalog(tiny_catalog, lite0):
 
 
 def test_test_photos_copied_from_the_catalog_are_found_first(tiny_catalog, lite0, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(tiny_catalog, copy)
-    shutil.rmtree(copy / "test")
-    (copy / "test").mkdir()
-    train = pd.read_csv(copy / "train.csv")
-    picked = train[train["Id"] != NEW_WHALE].groupby("Id").head(1)
-    for name in picked["Image"]:
-        shutil.copy(copy / "train" / name, copy / "test" / name)
-    picked.to_csv(copy / "truth.csv", index=False)
+    copy = catalog_with_test_copies(tiny_catalog, tmp_path / "copy")
     (copy / "boxes.csv").unlink()  # the copies have no boxes of their own: whole photos on both sides
     r = feature_baseline(copy, size=64, branch=lite0)
     assert r.test_oracle_map5 == pytest.approx(1.0)
-    assert r.test.found_at_rank[0] + r.test.found_at_rank[1] == len(picked)  # first, or second after new_whale
+    queries = len(pd.read_csv(copy / "truth.csv"))
+    assert r.test.found_at_rank[0] + r.test.found_at_rank[1] == queries  # first, or second after new_whale
 
 
 def test_cached_features_are_reused_only_when_they_match_fresh_frozen_ones(tiny_catalog, lite0, tmp_path):

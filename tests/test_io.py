@@ -43,3 +43,33 @@ def test_npz_round_trip_without_pickle_and_object_arrays_refused(tmp_path):
 def test_write_csv_has_no_index_column(tmp_path):
     write_csv(pd.DataFrame({"Image": ["a.jpg"], "Id": ["w_1"]}), tmp_path / "t.csv")
     assert (tmp_path / "t.csv").read_text().splitlines() == ["Image,Id", "a.jpg,w_1"]
+
+
+def test_replace_dir_swaps_a_finished_folder_in_and_keeps_the_old_one_on_failure(tmp_path, monkeypatch):
+    import os
+
+    from data import io
+
+    out, new = tmp_path / "out", tmp_path / "new"
+    out.mkdir()
+    (out / "a.txt").write_text("old")
+    new.mkdir()
+    (new / "a.txt").write_text("new")
+    io.replace_dir(new, out)
+    assert (out / "a.txt").read_text() == "new" and not new.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    again = tmp_path / "again"
+    again.mkdir()
+    real = os.replace
+
+    def failing(src, dst):
+        if str(src) == str(again):
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", failing)
+    with pytest.raises(OSError):
+        io.replace_dir(again, out)
+    assert (out / "a.txt").read_text() == "new" and not again.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
