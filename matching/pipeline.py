@@ -20,6 +20,7 @@ from data.io import load_npz, save_npz
 from matching.blend import ScoreMatrix, average, load_matrix, save_matrix
 from matching.distributed import SINGLE, Shards, stack_npz_rows
 from matching.scores import score_matrix
+from siamese.arcface import is_embedding_config
 from siamese.checkpoint import load_checkpoint
 from siamese.infer import compute_features
 from siamese.model import SiameseModel, build_model
@@ -110,7 +111,13 @@ def score_run(run: Run, catalog, val_names: Sequence[str] | None, out_dir: Path,
               shards: Shards = SINGLE) -> list[Path]:
     """Write ``fold<k>_test.npz`` (test x catalog) and, given validation names, ``fold<k>_oof.npz`` to ``out_dir``;
     branch features are cached in ``feat_dir``. With several ``shards`` (torchrun) each process scores its
-    query rows and rank 0 assembles the same files."""
+    query rows and rank 0 assembles the same files. Embedding runs (``model.family: arcface``) are scored by
+    cosine instead (:func:`matching.embed_runs.score_embed_run`)."""
+    if is_embedding_config(run.config):
+        from matching.embed_runs import score_embed_run  # imported here: it builds on this module
+
+        return score_embed_run(run, catalog, val_names, out_dir, feat_dir, device=device, budget_mb=budget_mb,
+                               batch=batch, workers=workers, shards=shards)
     model = load_run_model(run, device)
     known = catalog.train[catalog.train["Id"] != NEW_WHALE]["Image"].tolist()
     gallery = cached_features(model, run, known, [catalog.train_path(n) for n in known],

@@ -10,6 +10,11 @@ Trained models apply to another catalog without retraining:
 Several processes (GPUs or machines) through torchrun: query rows are split over the ranks, each scores
 its rows, and rank 0 assembles the same files a single process writes:
   torchrun --nproc_per_node 2 scripts/score_matrix.py
+
+Embedding runs (model.family: arcface) give cosine matrices mapped to probabilities by a logistic fitted on
+each fold's out-of-fold matrix (fold<k>_calibration.csv). --meta NAME also scores the concatenated
+embeddings of every embedding model of each fold as one more model, scores/NAME:
+  python scripts/score_matrix.py --meta arcface_meta
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import _cli
 from data.catalog import load_catalog, read_folds
 from data.errors import InputError
 from matching.distributed import from_env, local_device
+from matching.embed_runs import score_meta_embeddings
 from matching.pipeline import combine_folds, discover_runs, score_run
 from siamese.infer import pick_device
 
@@ -33,6 +39,7 @@ def main() -> int:
                    help="memory for one block of pairs, beside the output matrix (default: %(default)s)")
     p.add_argument("--batch", type=int, default=64, help="images per feature batch (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
+    p.add_argument("--meta", metavar="NAME", help="also score the meta-embedding of the embedding models as NAME")
     args = p.parse_args()
     runs_dir = args.runs or args.work_dir / "runs"
     runs = discover_runs(runs_dir, args.models)
@@ -58,6 +65,8 @@ def main() -> int:
             say(f"  wrote {path}")
         if run.model not in models:
             models.append(run.model)
+    if args.meta and shards.main:
+        models += score_meta_embeddings(args.meta, runs, catalog, folds, args.work_dir)
     if shards.main:
         for model in models:
             for path in combine_folds(args.work_dir / "scores" / model):

@@ -1,4 +1,5 @@
-"""Train one Siamese model on one fold through every resolution stage of its schedule.
+"""Train one model (Siamese, or the ArcFace embedding family with model.family: arcface) on one fold through
+every resolution stage of its schedule.
 
 Reads train.csv, folds.csv (scripts/make_folds.py) and boxes.csv when present from --data-dir; writes
 <work-dir>/runs/<model>/fold<k>/<size>px/{last,best}.pt and metrics.csv, and config.yaml of the run.
@@ -6,6 +7,7 @@ Reads train.csv, folds.csv (scripts/make_folds.py) and boxes.csv when present fr
 Examples:
   python scripts/train_fold.py 0
   python scripts/train_fold.py 1 --config configs/densenet121.yaml --data-dir data/humpback
+  python scripts/train_fold.py 0 --config configs/arcface_densenet121.yaml
   python scripts/train_fold.py 0 --resume                     # continue a killed run
   python scripts/train_fold.py 0 --set train.seed=3 --set model.pretrained=false
 """
@@ -21,6 +23,8 @@ from data.catalog import load_catalog, read_folds
 from data.errors import InputError
 from data.folds import fold_split
 from data.io import write_text
+from siamese.arcface import is_embedding_config
+from siamese.embed_train import EmbedTrainer
 from siamese.infer import pick_device
 from siamese.model import build_model
 from siamese.train import Trainer, build_fold_data
@@ -45,17 +49,19 @@ def main() -> int:
         raise InputError(folds_path, "not found; run scripts/make_folds.py first")
     train_df, val_df = fold_split(read_folds(folds_path), args.fold, include_singletons=True)
     data = build_fold_data(catalog, train_df, val_df)
-    if len(data.mining_index) < 2:
+    embedding = is_embedding_config(cfg)  # model.family: arcface (every known whale a class, singletons too)
+    if not embedding and len(data.mining_index) < 2:
         raise InputError(folds_path, f"fold {args.fold} has fewer than two whales with 2+ training images")
 
     run_dir = args.work_dir / "runs" / cfg["model"]["name"] / f"fold{args.fold}"
     device = pick_device(cfg["train"].get("device", "auto"))
     print(f"fold {args.fold}: {len(data.train_paths)} catalog images ({len(data.mining_index)} give pairs), "
           f"{len(data.val_paths)} validation images; device {device}; writing {run_dir}")
-    model = build_model(cfg["model"])
+    trainer = (EmbedTrainer.create(cfg, data, run_dir, device) if embedding
+               else Trainer(build_model(cfg["model"]), cfg, data, run_dir, device))
     write_text(yaml.safe_dump(cfg, sort_keys=False), run_dir / "config.yaml")
     start = time.perf_counter()
-    metrics = Trainer(model, cfg, data, run_dir, device).fit(resume=args.resume)
+    metrics = trainer.fit(resume=args.resume)
     val = metrics.dropna(subset=["val_map5"])
     print(f"done in {time.perf_counter() - start:.0f} s; validation MAP@5 per block:")
     for _, row in val.iterrows():
