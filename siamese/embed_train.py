@@ -42,6 +42,14 @@ class Flipped(torch.nn.Module):
         return self.module(images.flip(-1))
 
 
+def with_k(stages):
+    """The schedule with ``K: 0`` in every block that has none (the Siamese format's readers need it)."""
+    if not isinstance(stages, list):
+        return stages
+    return [dict(st, blocks=[dict({"K": 0}, **b) if isinstance(b, dict) else b for b in st.get("blocks") or []])
+            if isinstance(st, dict) and isinstance(st.get("blocks"), list) else st for st in stages]
+
+
 def class_items(labels: np.ndarray, mirror: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Training items ``(image index, mirrored, class)`` and the class names, sorted.
 
@@ -113,9 +121,7 @@ class EmbedTrainer(Trainer):
         self.model = model.to(device)
         self.cfg, self.tcfg, self.data = cfg, cfg["train"], data
         self.run_dir, self.device, self.log = Path(run_dir), device, log
-        stages = [dict(st, blocks=[dict({"K": 0}, **b) if isinstance(b, dict) else b for b in st.get("blocks") or []])
-                  for st in (self.tcfg.get("stages") or []) if isinstance(st, dict)]
-        self.stages = parse_schedule(stages or self.tcfg.get("stages"), "train.stages")
+        self.stages = parse_schedule(with_k(self.tcfg.get("stages")), "train.stages")
         self.seed = int(self.tcfg.get("seed", 0))
         self.channels = int(cfg["model"].get("in_chans", 3))
         self.index, self.flip, self.cls, self.classes = class_items(data.train_labels,
@@ -132,6 +138,7 @@ class EmbedTrainer(Trainer):
     @classmethod
     def create(cls, cfg: dict, data: FoldData, run_dir: Path, device: torch.device,
                log: Callable[[str], None] = print) -> EmbedTrainer:
+        cfg["train"]["stages"] = with_k(cfg["train"].get("stages"))  # as written to the run's config.yaml
         classes = class_items(data.train_labels, bool(cfg["model"].get("mirror", False)))[3]
         if len(classes) < 2:
             raise InputError(None, "the fold has fewer than two known whales to train on")

@@ -1,0 +1,97 @@
+"""Cosine matrices, whale centres, nearest-neighbour search and the logistic calibration on hand-worked cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data.errors import InputError
+from matching import embed_scores
+from matching.embed_scores import (
+    FLOOR,
+    centre_matrix,
+    cosine_matrix,
+    fit_logistic,
+    knn_cosine,
+    meta_embedding,
+    same_whale,
+    similarity,
+)
+
+
+def test_cosine_matrix_is_symmetric_scale_free_and_blockwise_exact():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(7, 5)).astype(np.float32)
+    full = cosine_matrix(x, x)
+    np.testing.assert_allclose(full, full.T, atol=1e-6)
+    np.testing.assert_allclose(np.diag(full), 1.0, atol=1e-6)
+    np.testing.assert_allclose(cosine_matrix(3 * x, x), full, atol=1e-6)
+    tiny_blocks = cosine_matrix(x, x, budget_mb=1e-5)  # one row per block
+    np.testing.assert_allclose(tiny_blocks, full, atol=1e-6)
+
+
+def test_centre_scores_give_each_photo_column_its_whale_centre():
+    gallery = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
+    labels = ["a", "a", "b"]
+    query = np.array([[1.0, 1.0]], dtype=np.float32)
+    m = centre_matrix(query, gallery, labels)
+    # centre of a: (1,1)/sqrt2, the query's own direction; centre of b: (-1, 0)
+    np.testing.assert_allclose(m, [[1.0, 1.0, -np.sqrt(0.5)]], atol=1e-6)
+    both = similarity(query, gallery, labels, scoring="both")
+    np.testing.assert_allclose(both, 0.5 * (cosine_matrix(query, gallery) + m), atol=1e-6)
+    with pytest.raises(InputError, match="scoring"):
+        similarity(query, gallery, labels, scoring="mean")
+
+
+@pytest.mark.parametrize("use_faiss", [True, False])
+def test_knn_keeps_the_k_best_cosines_and_floors_the_rest(use_faiss, monkeypatch):
+    if not use_faiss:
+        monkeypatch.setattr(embed_scores, "faiss", None)
+    elif embed_scores.faiss is None:
+        pytest.skip("faiss not installed")
+    rng = np.random.default_rng(1)
+    q, g = rng.normal(size=(4, 8)), rng.normal(size=(20, 8))
+    full = cosine_matrix(q, g)
+    knn = knn_cosine(q, g, 3)
+    for i in range(4):
+        top = np.argsort(-full[i])[:3]
+        np.testing.assert_allclose(knn[i, top], full[i, top], atol=1e-5)
+        rest = np.setdiff1d(np.arange(20), top)
+        assert (knn[i, rest] == FLOOR).all()
+
+
+def test_meta_embedding_cosine_is_the_mean_of_the_models_cosines():
+    rng = np.random.default_rng(2)
+    a1, a2 = rng.normal(size=(5, 4)), rng.normal(size=(5, 6))
+    b1, b2 = rng.normal(size=(3, 4)), rng.normal(size=(3, 6))
+    meta = cosine_matrix(meta_embedding([a1, a2]), meta_embedding([b1, b2]))
+    np.testing.assert_allclose(meta, 0.5 * (cosine_matrix(a1, b1) + cosine_matrix(a2, b2)), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(meta_embedding([a1, a2]), axis=1), 1.0, atol=1e-6)
+
+
+def test_logistic_fit_recovers_a_known_map_and_is_increasing():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, size=200_000)
+    p_true = 1 / (1 + np.exp(-(8 * x - 2)))
+    y = rng.uniform(size=x.size) < p_true
+    calib = fit_logistic(x, y)
+    # balanced weights shift the intercept by log(n_neg / n_pos); the slope is the data's
+    shift = np.log((~y).sum() / y.sum())
+    assert calib.a == pytest.approx(8, rel=0.05)
+    assert calib.b == pytest.approx(-2 + shift, abs=0.1)
+    grid = np.linspace(-1, 1, 101)
+    assert (np.diff(calib(grid)) > 0).all()
+    assert calib(np.array([-1.0]))[0] < 0.01 and calib(np.array([1.0]))[0] > 0.99
+
+
+def test_logistic_fit_needs_both_kinds_of_pair_and_stays_increasing_for_a_bad_model():
+    with pytest.raises(InputError, match="matching and non-matching"):
+        fit_logistic(np.array([0.1, 0.2]), np.array([False, False]))
+    x = np.linspace(-1, 1, 1000)
+    calib = fit_logistic(x, x < 0)  # higher cosine, fewer matches: a model worse than chance
+    assert calib.a > 0 and (np.diff(calib(np.linspace(-1, 1, 11))) > 0).all()
+
+
+def test_same_whale_never_matches_new_whale():
+    m = same_whale(["a", "new_whale", "b"], ["a", "new_whale", "c"])
+    assert m.tolist() == [[True, False, False], [False, False, False], [False, False, False]]

@@ -1,0 +1,174 @@
+"""The embedding trainer on a tiny catalog (random weights, tiny images): resume equals an unbroken run, frozen
+blocks, mirrored items, and scoring of the trained run through the shared pipeline."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from data.catalog import load_catalog, read_folds
+from data.folds import fold_split
+from matching.blend import load_matrix
+from matching.embed_runs import score_meta
+from matching.embed_scores import cosine_matrix
+from matching.pipeline import combine_folds, discover_runs, score_run
+from siamese.checkpoint import load_checkpoint
+from siamese.embed_train import EmbedTrainer, Flipped
+from siamese.schedule import Position
+from siamese.train import build_fold_data
+
+CFG = {
+    "model": {"name": "tinyarc", "family": "arcface", "branch": "test_efficientnet", "in_chans": 3, "pool": "gem",
+              "pretrained": False, "weights": None, "embedding_dim": 16, "arc_s": 10.0, "arc_m": 0.3,
+              "subcenters": 2, "mirror": True},
+    "loss": {"label_smoothing": 0.1, "focal_gamma": 1.0, "triplet_weight": 0.5, "triplet_margin": 0.3},
+    "train": {"seed": 3, "workers": 0, "feature_batch": 16, "per_class": 2, "warmup_epochs": 1, "head_lr_mult": 5.0,
+              "val_mode": "max",
+              "stages": [{"size": 32, "blocks": [{"epochs": 2, "lr": 1e-3, "freeze_branch": True, "batch": 8},
+                                                 {"epochs": 1, "lr": 1e-3, "freeze_branch": False, "batch": 8}]},
+                         {"size": 40, "blocks": [{"epochs": 2, "lr": 5e-4, "freeze_branch": False, "batch": 8}]}]},
+    "score": {"scoring": "both"},
+}
+
+
+def make_trainer(catalog_dir, run_dir, cfg=CFG) -> EmbedTrainer:
+    catalog = load_catalog(catalog_dir, need_test=False)
+    train_df, val_df = fold_split(read_folds(catalog_dir / "folds.csv"), 0, include_singletons=True)
+    torch.manual_seed(0)
+    return EmbedTrainer.create(yaml.safe_load(yaml.safe_dump(cfg)), build_fold_data(catalog, train_df, val_df),
+                               run_dir, torch.device("cpu"), log=lambda _: None)
+
+
+class Killed(Exception):
+    pass
+
+
+def deterministic(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.drop(columns=["seconds"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def unbroken(tiny_catalog, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("work") / "runs" / "tinyarc" / "fold0"
+    trainer = make_trainer(tiny_catalog, run_dir)
+    metrics = trainer.fit()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(trainer.cfg))  # as train_fold.py writes it (K: 0 added)
+    return run_dir, metrics
+
+
+def test_every_block_is_validated_and_each_stage_keeps_its_best(unbroken):
+    run_dir, metrics = unbroken
+    validated = metrics.dropna(subset=["val_map5"])
+    assert list(zip(validated["size"], validated["block"])) == [(32, 1), (32, 2), (40, 1)]
+    assert validated["val_map5"].between(0, 1).all()
+    for size in (32, 40):
+        best = load_checkpoint(run_dir / f"{size}px" / "best.pt")
+        assert best["val_map5"] == pytest.approx(validated[validated["size"] == size]["val_map5"].max(), abs=1e-6)
+        assert len(pd.read_csv(run_dir / f"{size}px" / "metrics.csv")) == (metrics["size"] == size).sum()
+
+
+def test_a_killed_run_resumed_ends_with_the_same_weights_and_metrics(unbroken, tiny_catalog, tmp_path, monkeypatch):
+    run_dir, metrics = unbroken
+    original = EmbedTrainer._run_epoch
+    calls = {"n": 0}
+
+    def dying(self, pos):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the first epoch of the 40 px stage
+            raise Killed
+        return original(self, pos)
+
+    monkeypatch.setattr(EmbedTrainer, "_run_epoch", dying)
+    with pytest.raises(Killed):
+        make_trainer(tiny_catalog, tmp_path).fit()
+    monkeypatch.setattr(EmbedTrainer, "_run_epoch", original)
+    assert not (tmp_path / "40px" / "best.pt").exists()
+    resumed = make_trainer(tiny_catalog, tmp_path).fit(resume=True)
+    pd.testing.assert_frame_equal(deterministic(resumed), deterministic(metrics))
+    for size in (32, 40):
+        a = load_checkpoint(run_dir / f"{size}px" / "last.pt")
+        b = load_checkpoint(tmp_path / f"{size}px" / "last.pt")
+        assert a["classes"] == b["classes"]
+        for key in a["model"]:
+            torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
+
+
+def test_resume_refuses_a_run_of_other_classes(unbroken, tiny_catalog, tmp_path):
+    shutil.copytree(unbroken[0], tmp_path / "run")
+    cfg = yaml.safe_load(yaml.safe_dump(CFG))
+    cfg["model"]["mirror"] = False
+    from data.errors import InputError
+
+    with pytest.raises(InputError, match="other classes"):
+        make_trainer(tiny_catalog, tmp_path / "run", cfg).fit(resume=True)
+
+
+def test_a_frozen_block_trains_neck_and_margin_and_leaves_the_branch_alone(tiny_catalog, tmp_path):
+    trainer = make_trainer(tiny_catalog, tmp_path)
+    branch = {k: v.clone() for k, v in trainer.model.branch.state_dict().items()}
+    neck = {k: v.clone() for k, v in trainer.model.neck.state_dict().items()}
+    margin = trainer.model.margin.weight.detach().clone()
+    trainer._start_stage(0)
+    trainer._run_epoch(Position(0, 0, 0))
+    for k, v in trainer.model.branch.state_dict().items():
+        assert torch.equal(v, branch[k]), k
+    assert not torch.equal(trainer.model.neck.fc.weight, neck["fc.weight"])
+    assert not torch.equal(trainer.model.margin.weight, margin)
+
+
+def test_mirrored_items_are_the_flipped_photos_under_new_classes(tiny_catalog, tmp_path):
+    trainer = make_trainer(tiny_catalog, tmp_path)
+    n = len(trainer.data.train_paths)
+    assert trainer.model.margin.classes == 2 * len(set(trainer.data.train_labels))
+    feats = trainer._item_features(32).numpy()
+    plain, mirrored = feats[:n], feats[n:]
+    assert not np.allclose(plain, mirrored)
+    trainer.model.branch = Flipped(trainer.model.branch)
+    flipped = trainer._features(trainer.data.train_paths, trainer.data.train_boxes, 32, "x")
+    np.testing.assert_allclose(mirrored, flipped, rtol=1e-5, atol=1e-5)
+    assert (trainer.cls[n:] == trainer.cls[:n] + len(set(trainer.data.train_labels))).all()
+
+
+def test_the_trained_run_scores_through_the_shared_pipeline(unbroken, tiny_catalog):
+    run_dir, _ = unbroken
+    work = run_dir.parents[2]
+    runs = discover_runs(work / "runs")
+    assert [(r.model, r.fold) for r in runs] == [("tinyarc", 0)]
+    catalog = load_catalog(tiny_catalog)
+    folds = read_folds(tiny_catalog / "folds.csv")
+    val = folds.loc[folds["fold"] == 0, "Image"].tolist()
+    out = work / "scores" / "tinyarc"
+    written = score_run(runs[0], catalog, val, out, work / "features" / "tinyarc" / "fold0", device=torch.device("cpu"))
+    assert [p.name for p in written] == ["fold0_test.npz", "fold0_oof.npz"]
+    combine_folds(out)
+    test, oof = load_matrix(out / "test.npz"), load_matrix(out / "oof.npz")
+    known = catalog.train[catalog.train["Id"] != "new_whale"]["Image"].tolist()
+    assert test.scores.shape == (len(catalog.test_images), len(known))  # mirrored classes never appear
+    assert list(test.gallery) == known and list(oof.query) == val
+    assert ((test.scores > 0) & (test.scores < 1)).all()
+    col = {g: j for j, g in enumerate(oof.gallery)}
+    for i, q in enumerate(oof.query):
+        if q in col:
+            assert oof.scores[i, col[q]] == 0.0  # a photo is never scored against itself
+    calib = pd.read_csv(out / "fold0_calibration.csv")
+    assert calib["a"].iloc[0] > 0
+    # the map is monotone: probabilities order the pairs as the cosines do ("both": image + centre cosine)
+    feats = np.load(work / "features" / "tinyarc" / "fold0" / "test.npz")["features"]
+    gallery = np.load(work / "features" / "tinyarc" / "fold0" / "catalog.npz")["features"]
+    labels = catalog.train.set_index("Image").loc[known, "Id"].tolist()
+    from matching.embed_scores import similarity
+
+    sims = similarity(feats, gallery, labels, scoring="both")
+    order = np.argsort(sims.ravel(), kind="stable")
+    assert (np.diff(test.scores.ravel()[order]) >= -1e-6).all()
+    assert cosine_matrix(feats, gallery).shape == sims.shape
+
+    # meta-embedding of one model with itself: the same cosines, the same probabilities
+    shutil.copytree(work / "features" / "tinyarc", work / "features" / "tinyarc2")
+    meta = score_meta("meta", ["tinyarc", "tinyarc2"], 0, catalog, val, work, {"scoring": "both"})
+    np.testing.assert_allclose(load_matrix(meta[0]).scores, load_matrix(out / "fold0_test.npz").scores, atol=1e-3)
