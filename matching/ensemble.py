@@ -8,6 +8,7 @@ from pathlib import Path
 
 from data.errors import InputError
 from matching.blend import ScoreMatrix, align, blend, load_matrix, save_matrix
+from matching.blend_weights import MAX_MODELS, tune_weights
 from matching.metrics import map_at_5
 from matching.postprocess import ColumnPass, apply_column_pass, column_pass_effect
 from matching.ranking import rank_queries, threshold_for_new_whale_share, tune_threshold
@@ -62,17 +63,25 @@ def _truth_of(matrix: ScoreMatrix, labels: Mapping[str, str]) -> list[str]:
 
 def run_ensemble(scores_dir: Path, models: Sequence[str], weights: Mapping[str, float], labels: Mapping[str, str],
                  *, mode: str = "sum", post: ColumnPass | None = None, post_auto: bool = False,
-                 new_whale_share: float | None = None) -> EnsembleResult:
+                 new_whale_share: float | None = None, tune: bool = False) -> EnsembleResult:
     """Blend ``scores/<model>/{test,oof}.npz``; the threshold comes from the blended OOF matrix (else a share).
 
     With ``post_auto`` the column-wise pass is applied to the test ranking only where it raised the
-    out-of-fold MAP@5."""
+    out-of-fold MAP@5. With ``tune`` the weights are chosen on the out-of-fold matrices
+    (:func:`matching.blend_weights.tune_weights`) instead of taken from the config."""
     post = post or ColumnPass()
     chosen, note = choose_weights(models, weights)
     notes = [note] if note else []
     tests = [load_matrix(scores_dir / m / "test.npz") for m in chosen]
     oof_paths = [scores_dir / m / "oof.npz" for m in chosen]
     oofs = [load_matrix(p) for p in oof_paths] if all(p.is_file() for p in oof_paths) else None
+    if tune and oofs is not None and 1 < len(chosen) <= MAX_MODELS:
+        tuned, _ = tune_weights([align(o, oofs[0]) for o in oofs],
+                                _labels_of(oofs[0].gallery, labels, oofs[0].source, "catalog"),
+                                _truth_of(oofs[0], labels), mode=mode)
+        chosen = dict(zip(chosen, tuned))
+        notes.append("weights tuned on the out-of-fold matrices: "
+                     + ", ".join(f"{m} {w:.2f}" for m, w in chosen.items()))
     results = []
     for i, (name, weight) in enumerate(chosen.items()):
         thr = map5 = None

@@ -35,7 +35,8 @@ def main() -> int:
     auto = post_cfg.get("enabled", True) == "auto"
     post = ColumnPass(**dict(post_cfg, enabled=bool(post_cfg.get("enabled", True))))
     result = run_ensemble(scores_dir, models, cfg.get("weights"), labels, mode=cfg.get("mode", "sum"),
-                          post=post, post_auto=auto, new_whale_share=cfg.get("new_whale_share"))
+                          post=post, post_auto=auto, new_whale_share=cfg.get("new_whale_share"),
+                          tune=bool(cfg.get("tune_weights", False)))
     for note in result.notes:
         print(f"note: {note}")
     print(f"{'model':<16}{'weight':>8}{'OOF MAP@5':>12}")

@@ -95,3 +95,31 @@ def test_logistic_fit_needs_both_kinds_of_pair_and_stays_increasing_for_a_bad_mo
 def test_same_whale_never_matches_new_whale():
     m = same_whale(["a", "new_whale", "b"], ["a", "new_whale", "c"])
     assert m.tolist() == [[True, False, False], [False, False, False], [False, False, False]]
+
+
+def test_simplex_grid_covers_every_weighting_summing_to_one():
+    from matching.blend_weights import simplex_grid
+
+    grid = simplex_grid(3, 0.1)
+    assert len(grid) == 66 and all(abs(sum(w) - 1) < 1e-9 and min(w) >= 0 for w in grid)
+    assert (1.0, 0.0, 0.0) in grid and (0.0, 0.0, 1.0) in grid
+
+
+def test_tuned_weights_favour_the_informative_model_and_never_blend_below_the_best_alone():
+    from matching.blend import ScoreMatrix
+    from matching.blend_weights import tune_weights
+    from matching.ranking import tune_threshold
+
+    rng = np.random.default_rng(4)
+    gallery_labels = [f"w{i % 10}" for i in range(40)]
+    truth = [f"w{i % 10}" for i in range(30)]
+    good = rng.uniform(0, 0.5, size=(30, 40)).astype(np.float32)
+    for q in range(30):
+        good[q, [j for j in range(40) if gallery_labels[j] == truth[q]][q % 4]] += 0.5 * rng.uniform(0.5, 1)
+    noise = rng.uniform(0, 1, size=(30, 40)).astype(np.float32)
+    names_q, names_g = np.array([f"q{i}" for i in range(30)]), np.array([f"g{j}" for j in range(40)])
+    mats = [ScoreMatrix(noise, names_q, names_g), ScoreMatrix(good, names_q, names_g)]
+    weights, value = tune_weights(mats, gallery_labels, truth)
+    assert weights[1] > weights[0] and abs(sum(weights) - 1) < 1e-9
+    alone = max(tune_threshold(m.scores, gallery_labels, truth)[1] for m in mats)
+    assert value >= alone
