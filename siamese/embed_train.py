@@ -202,7 +202,13 @@ class EmbedTrainer(Trainer):
     def validate(self, size: int) -> tuple[float, float]:
         """Validation MAP@5 of the fold on ``(1 + cosine) / 2`` (``score.scoring``) and the tuned threshold."""
         d = self.data
-        gallery = self._embeddings(d.train_paths, d.train_boxes, size, "gallery embeddings")
+        if self._frozen_feats is not None:  # a frozen block: the branch features of the gallery are at hand
+            self.model.neck.eval()
+            with torch.no_grad():
+                gallery = self.model.neck(self._frozen_feats[torch.from_numpy(np.flatnonzero(~self.flip))])
+            gallery = gallery.float().cpu().numpy()[np.argsort(self.index[~self.flip], kind="stable")]
+        else:
+            gallery = self._embeddings(d.train_paths, d.train_boxes, size, "gallery embeddings")
         query = self._embeddings(d.val_paths, d.val_boxes, size, "validation embeddings")
         scoring = str(self.cfg.get("score", {}).get("scoring", "image"))
         scores = 0.5 * (1.0 + similarity(query, gallery, list(d.train_labels), scoring=scoring))
