@@ -230,6 +230,8 @@ def feature_baseline(data_dir: str | Path, *, size: int = 224, protocol: str = "
         oof_queries = sum(len(p.truth) for p in parts.values())
         if oof_queries:
             threshold, oof_map5 = tune_over_parts(list(parts.values()), mode)
+            if not any(NEW_WHALE in p.truth for p in parts.values()):
+                threshold = None  # tuned without a new_whale query: the test threshold comes from the share
     gallery = catalog.train[catalog.train["Id"] != NEW_WHALE]
     test = oracle = None
     if with_test:
@@ -241,10 +243,10 @@ def feature_baseline(data_dir: str | Path, *, size: int = 224, protocol: str = "
         scores = _matrix(features, [("test", n) for n in names]) @ _matrix(
             features, [("train", n) for n in gallery["Image"]]).T
         labels = gallery["Id"].tolist()
-        if threshold is None:  # no out-of-fold rows to tune on: the project's default share of new_whale
-            from matching.ranking import threshold_for_new_whale_share
+        if threshold is None:  # no out-of-fold new_whale to tune on: the project's default share of new_whale
+            from matching.ranking import DEFAULT_NEW_WHALE_SHARE, threshold_for_new_whale_share
 
-            threshold = threshold_for_new_whale_share(scores, labels, 0.276, mode=mode)
+            threshold = threshold_for_new_whale_share(scores, labels, DEFAULT_NEW_WHALE_SHARE, mode=mode)
         ranked = rank_queries(scores, labels, threshold, mode=mode)
         test = evaluate(truth, dict(zip(names, ranked)))
         oracle = tune_threshold(scores, labels, [truth[n] for n in names], mode=mode)[1]

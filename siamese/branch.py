@@ -50,7 +50,8 @@ class Branch(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, *, name: str, in_chans: int, pool: str = "max",
-                 weights_mean: tuple[float, ...] | None = None, weights_std: tuple[float, ...] | None = None):
+                 weights_mean: tuple[float, ...] | None = None, weights_std: tuple[float, ...] | None = None,
+                 normalize: bool = False):
         super().__init__()
         self.backbone = backbone
         self.pool = make_pool(pool)
@@ -58,13 +59,17 @@ class Branch(nn.Module):
         self.in_chans = in_chans
         self.pool_type = pool
         self.out_dim = int(backbone.num_features)
+        self.normalize = normalize
         scale, shift = _input_adapter(in_chans, weights_mean, weights_std)
         self.register_buffer("input_scale", scale)
         self.register_buffer("input_shift", shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.addcmul(self.input_shift.view(1, -1, 1, 1), x, self.input_scale.view(1, -1, 1, 1))
-        return self.pool(F.relu(self.backbone.forward_features(x)))
+        features = self.pool(F.relu(self.backbone.forward_features(x)))
+        if self.normalize:  # unit length times sqrt(D): each feature of order 1, x.y = D * cosine
+            features = F.normalize(features.float(), dim=-1).to(features.dtype) * self.out_dim ** 0.5
+        return features
 
 
 def _input_adapter(in_chans: int, mean: tuple[float, ...] | None,
@@ -81,12 +86,13 @@ def _input_adapter(in_chans: int, mean: tuple[float, ...] | None,
 
 
 def create_branch(name: str, *, in_chans: int = 3, pool: str = "max", pretrained: bool = False,
-                  weights: str | Path | None = None) -> Branch:
+                  weights: str | Path | None = None, normalize: bool = False) -> Branch:
     """A branch by name: a timm backbone (``densenet121``, ``resnet18`` ...) or ``kernel``.
 
     Weights: ``weights`` (a local file, it overrides ``pretrained``), else ImageNet weights when
     ``pretrained`` (timm's download when the hub answers, else installed offline weights where there are
-    some, see :mod:`siamese.pretrained`), else random. Bad choices raise :class:`InputError`.
+    some, see :mod:`siamese.pretrained`), else random. ``normalize`` scales every output vector to length
+    ``sqrt(D)``. Bad choices raise :class:`InputError`.
     """
     if in_chans not in (1, 3):
         raise InputError(None, f"in_chans must be 1 or 3, not {in_chans!r}")
@@ -103,7 +109,8 @@ def create_branch(name: str, *, in_chans: int = 3, pool: str = "max", pretrained
         backbone, mean, std = _pretrained_backbone(name, in_chans)
     else:
         backbone = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", in_chans=in_chans)
-    branch = Branch(backbone, name=name, in_chans=in_chans, pool=pool, weights_mean=mean, weights_std=std)
+    branch = Branch(backbone, name=name, in_chans=in_chans, pool=pool, weights_mean=mean, weights_std=std,
+                    normalize=normalize)
     if weights is not None:
         load_branch_weights(branch, weights)
     return branch

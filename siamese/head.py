@@ -13,6 +13,9 @@ def pair_stats(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.stack([x * y, x + y, d.abs(), d * d], dim=-1)
 
 
+HEAD_INITS = ("mean", "cosine")
+
+
 class PairHead(nn.Module):
     """``forward(x [B, D], y [B, D]) -> logits [B]``, symmetric in x and y (sigmoid left to the loss).
 
@@ -21,8 +24,10 @@ class PairHead(nn.Module):
     relies on these attribute names and on the order of the four statistics.
     """
 
-    def __init__(self, dim: int, hidden: int = 32):
+    def __init__(self, dim: int, hidden: int = 32, init: str = "mean"):
         super().__init__()
+        if init not in HEAD_INITS:
+            raise ValueError(f"head init must be one of {', '.join(HEAD_INITS)}, not {init!r}")
         self.dim = dim
         self.hidden = hidden
         self.mlp1 = nn.Linear(4, hidden)
@@ -31,6 +36,22 @@ class PairHead(nn.Module):
         # Start as the mean of the per-feature values: positive, small weights keep early logits moderate.
         nn.init.constant_(self.combine.weight, 1.0 / dim)
         nn.init.zeros_(self.combine.bias)
+        if init == "cosine":
+            self.init_cosine()
+
+    @torch.no_grad()
+    def init_cosine(self, scale: float = 10.0, offset: float = 0.5) -> None:
+        """Make the head score ``scale * (x.y / D - offset)``: with features of length ``sqrt(D)`` (a branch
+        with ``normalize``) that is a scaled cosine similarity, a ranking as good as the features' nearest
+        neighbours from the first step. One hidden unit passes ``x*y`` through; the others start silent
+        (zero output weight) and are learned from there."""
+        self.mlp1.weight[0] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+        self.mlp1.bias[0] = 0.0
+        self.mlp2.weight.zero_()
+        self.mlp2.weight[0, 0] = 1.0
+        self.mlp2.bias.zero_()
+        self.combine.weight.fill_(scale / self.dim)
+        self.combine.bias.fill_(-scale * offset)
 
     def per_feature(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``[B, D]`` values of the shared MLP, before ``combine``."""

@@ -10,7 +10,7 @@ from torch import nn
 
 from data.errors import InputError
 from siamese.branch import Branch, create_branch
-from siamese.head import PairHead
+from siamese.head import HEAD_INITS, PairHead
 
 
 class SiameseModel(nn.Module):
@@ -37,11 +37,16 @@ class SiameseModel(nn.Module):
 
 def build_model(cfg: Mapping[str, Any]) -> SiameseModel:
     """A model from a config section: ``branch`` (required), ``in_chans`` (3), ``pool`` (max),
-    ``pretrained`` (false), ``weights`` (null), ``head_hidden`` (32); other keys are ignored."""
+    ``pretrained`` (false), ``weights`` (null), ``normalize`` (false), ``head_hidden`` (32), ``head_init``
+    (mean or cosine); other keys are ignored."""
     if not cfg.get("branch"):
         raise InputError(None, "the model config needs a 'branch' (a timm model name or 'kernel')")
     weights = cfg.get("weights")
     branch = create_branch(str(cfg["branch"]), in_chans=int(cfg.get("in_chans", 3)),
                            pool=str(cfg.get("pool", "max")), pretrained=bool(cfg.get("pretrained", False)),
-                           weights=None if weights in (None, "") else weights)
-    return SiameseModel(branch, PairHead(branch.out_dim, hidden=int(cfg.get("head_hidden", 32))))
+                           weights=None if weights in (None, "") else weights,
+                           normalize=bool(cfg.get("normalize", False)))
+    init = str(cfg.get("head_init", "mean"))
+    if init not in HEAD_INITS:
+        raise InputError(None, f"model.head_init must be one of {', '.join(HEAD_INITS)}, not {init!r}")
+    return SiameseModel(branch, PairHead(branch.out_dim, hidden=int(cfg.get("head_hidden", 32)), init=init))

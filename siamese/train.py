@@ -19,6 +19,7 @@ from data.io import write_csv
 from matching.ranking import tune_threshold
 from matching.scores import score_matrix
 from siamese.checkpoint import load_checkpoint, save_checkpoint
+from siamese.head import PairHead
 from siamese.infer import autocast, compute_features
 from siamese.model import SiameseModel
 from siamese.pairs import NegativeMiner, positive_pairs
@@ -240,6 +241,7 @@ class Trainer:
                 self.log(f"nothing to resume under {self.run_dir}: starting from the beginning")
             pos = Position(0, 0, 0)
             self._start_stage(0)
+            self._begin()
         else:
             self.log(f"resuming at stage {pos.stage + 1}, block {pos.block + 1}, epoch {pos.epoch + 1}")
         while pos.stage < len(self.stages):
@@ -274,6 +276,30 @@ class Trainer:
             pos = nxt
         return pd.DataFrame(self.rows)
 
+    def _begin(self) -> None:
+        """Before the first epoch of a fresh run: fit the cosine head's scale and offset to the branch's
+        features (``model.head_init: cosine``), and with ``train.validate_start`` score the untrained model
+        as row ``block 0`` of the first stage, so that ``best.pt`` is never worse than where training began."""
+        stage = self.stages[0]
+        if self.cfg["model"].get("head_init", "mean") == "cosine":
+            feats = self._mining_features(stage.size)
+            scale, offset = calibrate_cosine_head(self.model.head, feats, self.mine_labels)
+            self.log(f"cosine head: scale {scale:.2f}, offset {offset:.3f} (fitted on {len(feats)} images)")
+        if not self.tcfg.get("validate_start", False):
+            return
+        t0 = time.perf_counter()
+        map5, threshold = self.validate(stage.size)
+        row = {"size": stage.size, "block": 0, "epoch": 0, "global_epoch": 0, "lr": 0.0, "K": float("nan"),
+               "freeze_branch": True, "loss": float("nan"), "val_map5": round(map5, 6),
+               "threshold": round(threshold, 6), "seconds": round(time.perf_counter() - t0, 2)}
+        self.best_map5 = map5
+        save_checkpoint(stage_dir(self.run_dir, stage) / "best.pt", {"model": self.model.state_dict(),
+                                                                    "val_map5": map5, "threshold": threshold,
+                                                                    "size": stage.size})
+        self.rows.append(row)
+        self.log(f"{stage.size}px before training: val MAP@5 {map5:.4f} (threshold {threshold:.3f})")
+        self._write_metrics()
+
     def _resumable_after(self, pos: Position, block: Block, block_done: bool) -> bool:
         """``last.pt`` is written where a resumed run needs nothing that is not in it (no cached mining scores)."""
         mine_every = int(self.tcfg.get("mine_every", 1))
@@ -286,6 +312,29 @@ class Trainer:
         if not np.isnan(row["val_map5"]):
             msg += f"  val MAP@5 {row['val_map5']:.4f} (threshold {row['threshold']:.3f})"
         self.log(msg)
+
+
+def calibrate_cosine_head(head: PairHead, feats: np.ndarray, labels: np.ndarray, max_images: int = 2000,
+                          seed: int = 0) -> tuple[float, float]:
+    """Set a cosine-initialised head's scale and offset from the cosines of same-whale and other-whale pairs
+    of ``feats`` (length ``sqrt(D)``): the logistic that linear discriminant analysis gives for two
+    Gaussians of equal variance, ``(mu_same - mu_other) / var * (cos - (mu_same + mu_other) / 2)``.
+    Returns ``(scale, offset)``; leaves the head as it is when there is no same-whale pair."""
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(feats), max_images, replace=False) if len(feats) > max_images else np.arange(len(feats))
+    f, lab = torch.from_numpy(np.asarray(feats, np.float32)[pick]), np.asarray(labels)[pick]
+    cos = (f @ f.T / f.shape[1]).numpy()
+    same = lab[:, None] == lab[None, :]
+    np.fill_diagonal(same, False)
+    other = lab[:, None] != lab[None, :]
+    if not same.any() or not other.any():
+        return float("nan"), float("nan")
+    mu_s, mu_o = float(cos[same].mean()), float(cos[other].mean())
+    var = 0.5 * (float(cos[same].var()) + float(cos[other].var())) + 1e-8
+    scale = float(np.clip((mu_s - mu_o) / var, 1.0, 100.0))
+    offset = 0.5 * (mu_s + mu_o)
+    head.init_cosine(scale=scale, offset=offset)
+    return scale, offset
 
 
 def freeze_batchnorm(module: torch.nn.Module) -> None:

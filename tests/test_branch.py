@@ -192,3 +192,15 @@ def test_offline_pretrained_branch_reloads_into_one_built_without_pretrained(mon
     x = _images(2, 1, 64)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), trained(x))
+
+
+def test_normalize_gives_vectors_of_length_sqrt_d_in_the_same_direction():
+    torch.manual_seed(0)
+    plain = create_branch("resnet18").eval()
+    normed = create_branch("resnet18", normalize=True).eval()
+    normed.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        a, b = plain(x), normed(x)
+    torch.testing.assert_close(b.norm(dim=1), torch.full((3,), plain.out_dim**0.5), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(torch.nn.functional.cosine_similarity(a, b), torch.ones(3), rtol=1e-5, atol=1e-5)

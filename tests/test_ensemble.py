@@ -82,3 +82,17 @@ def test_test_truth_must_cover_every_query(scores_dir):
     truth.pop("t1.jpg")
     with pytest.raises(InputError, match="no truth"):
         map5_against(result, truth, "truth.csv")
+
+
+def test_out_of_fold_truth_without_new_whale_falls_back_to_the_share(scores_dir):
+    path, labels, truth = scores_dir
+    known_only = {q: w for q, w in labels.items() if w != "new_whale"}
+    for model in ("good", "weak"):
+        oof = load_matrix(path / model / "oof.npz")
+        keep = np.array([q in known_only for q in oof.query])
+        save_matrix(path / model / "oof.npz", ScoreMatrix(oof.scores[keep], oof.query[keep], oof.gallery))
+    result = run_ensemble(path, ["good"], {"good": 1.0}, known_only, new_whale_share=0.25)
+    assert result.oof_map5 == pytest.approx(1.0)  # tuned alone, the threshold would never put new_whale first
+    assert any("holds no new_whale" in n for n in result.notes)
+    assert sum(r[0] == "new_whale" for r in result.ranked) == 2
+    assert map5_against(result, truth, "truth.csv") == pytest.approx(1.0)

@@ -86,3 +86,24 @@ def test_model_scores_a_pair_as_the_head_on_both_branch_features():
         # different shapes take two branch passes and still give the same logits
         assert torch.allclose(model(a[:1], b[:1, :, :48, :48]),
                               model.score(model.features(a[:1]), model.features(b[:1, :, :48, :48])), atol=1e-5)
+
+
+def test_cosine_init_scores_scaled_cosine_of_normalised_features():
+    dim = 12
+    head = PairHead(dim, hidden=8, init="cosine")
+    head.init_cosine(scale=7.0, offset=0.4)
+    x, y = _features(6, dim, 3), _features(6, dim, 4)
+    xn = torch.nn.functional.normalize(x, dim=-1) * dim**0.5
+    yn = torch.nn.functional.normalize(y, dim=-1) * dim**0.5
+    expected = 7.0 * (torch.nn.functional.cosine_similarity(x, y) - 0.4)
+    torch.testing.assert_close(head(xn, yn), expected, rtol=1e-5, atol=1e-5)
+    # the silent hidden units still learn: their output weights get a gradient
+    head(xn, yn).sum().backward()
+    assert head.mlp2.weight.grad[0, 1:].abs().sum() > 0
+
+
+def test_unknown_head_init_is_refused():
+    with pytest.raises(ValueError, match="head init"):
+        PairHead(4, init="xavier")
+    with pytest.raises(InputError, match="head_init"):
+        build_model({"branch": "resnet18", "head_init": "xavier"})

@@ -22,11 +22,11 @@ STAGES = [
 ]
 
 
-def make_trainer(catalog_dir, run_dir) -> Trainer:
+def make_trainer(catalog_dir, run_dir, **model) -> Trainer:
     catalog = load_catalog(catalog_dir, need_test=False)
     train_df, val_df = fold_split(read_folds(catalog_dir / "folds.csv"), 0, include_singletons=True)
-    cfg = {"model": dict(MODEL), "train": {"seed": 3, "stages": STAGES, "workers": 0, "feature_batch": 16,
-                                           "sparse_k": None}}
+    cfg = {"model": dict(MODEL, **model), "train": {"seed": 3, "stages": STAGES, "workers": 0, "feature_batch": 16,
+                                                    "sparse_k": None}}
     torch.manual_seed(0)
     return Trainer(build_model(cfg["model"]), cfg, build_fold_data(catalog, train_df, val_df), run_dir,
                    torch.device("cpu"), log=lambda _: None)
@@ -140,3 +140,38 @@ def test_without_freeze_bn_batchnorm_statistics_follow_the_batches(tiny_catalog,
 
     trainer._run_epoch(Position(0, 1, 0))
     assert not torch.equal(bn.running_mean, mean_before)
+
+
+def test_calibrated_cosine_head_separates_same_and_other_whale_cosines():
+    from siamese.head import PairHead
+    from siamese.train import calibrate_cosine_head
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(20), 3).astype(str)
+    centres = rng.normal(size=(20, 16))
+    feats = centres[labels.astype(int)] + 0.5 * rng.normal(size=(60, 16))
+    feats = (feats / np.linalg.norm(feats, axis=1, keepdims=True) * 4).astype(np.float32)
+    head = PairHead(16, hidden=4, init="cosine")
+    scale, offset = calibrate_cosine_head(head, feats, labels)
+    cos = feats @ feats.T / 16
+    same = (labels[:, None] == labels[None, :]) & ~np.eye(60, dtype=bool)
+    assert cos[labels[:, None] != labels[None, :]].mean() < offset < cos[same].mean()
+    assert scale > 1.0
+    f = torch.from_numpy(feats)
+    logits = head(f[:, None, :].expand(60, 60, 16).reshape(-1, 16), f.repeat(60, 1)).reshape(60, 60).detach().numpy()
+    other = labels[:, None] != labels[None, :]
+    assert logits[same].mean() > 0 > logits[other].mean()
+    assert (logits[same] > 0).mean() > 0.9 and (logits[other] < 0).mean() > 0.6
+
+
+def test_validate_start_keeps_the_untrained_model_as_the_first_best(tiny_catalog, tmp_path):
+    trainer = make_trainer(tiny_catalog, tmp_path, normalize=True, head_init="cosine")
+    trainer.tcfg["validate_start"] = True
+    trainer.stages = trainer.stages[:1]
+    metrics = trainer.fit()
+    first = metrics.iloc[0]
+    assert (first["block"], first["epoch"]) == (0, 0) and 0 <= first["val_map5"] <= 1
+    assert len(metrics) == 4 and list(metrics["block"]) == [0, 1, 1, 2]
+    best = load_checkpoint(tmp_path / "32px" / "best.pt")
+    assert best["val_map5"] == pytest.approx(metrics["val_map5"].max(), abs=1e-6)
+    assert best["val_map5"] >= first["val_map5"]
