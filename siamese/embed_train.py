@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from data.datasets import ImageDataset, make_loader
 from data.errors import InputError
-from matching.embed_scores import similarity
+from matching.embed_scores import SCORINGS, similarity
 from matching.ranking import tune_threshold
 from siamese.arcface import EmbeddingModel, batch_hard_triplet, build_embedding_model, classification_loss
 from siamese.checkpoint import load_checkpoint
@@ -129,6 +129,9 @@ class EmbedTrainer(Trainer):
         if model.margin.classes != len(self.classes):
             raise InputError(None, f"the margin head has {model.margin.classes} classes, the fold {len(self.classes)}")
         self.loss_cfg = dict(cfg.get("loss") or {})
+        scoring = str(cfg.get("score", {}).get("scoring", "image"))
+        if scoring not in SCORINGS:
+            raise InputError(None, f"score.scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}")
         self.rows: list[dict] = []
         self.best_map5 = -1.0
         self._frozen_feats: torch.Tensor | None = None
