@@ -189,18 +189,21 @@ def make_loader(
     seed: int = 0,
     workers: int | None = None,
     drop_last: bool = False,
+    batch_sampler: Sequence[Sequence[int]] | None = None,
 ) -> DataLoader:
     """A DataLoader with a seeded generator, a (seed, epoch)-keyed shuffle, pinned memory on CUDA and
-    persistent fork-server workers; ``workers=None`` means :func:`default_workers`."""
+    persistent fork-server workers; ``workers=None`` means :func:`default_workers`. ``batch_sampler``:
+    the index lists of the batches (``batch_size``, ``shuffle`` and ``drop_last`` then do not apply)."""
     workers = default_workers() if workers is None else workers
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=EpochShuffle(dataset, seed) if shuffle else None,
+        batch_size=1 if batch_sampler is not None else batch_size,
+        batch_sampler=batch_sampler,
+        sampler=EpochShuffle(dataset, seed) if shuffle and batch_sampler is None else None,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
         multiprocessing_context=_worker_context() if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
-        drop_last=drop_last,
+        drop_last=drop_last and batch_sampler is None,
     )

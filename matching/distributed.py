@@ -63,7 +63,67 @@ class Shards:
         self.barrier()
 
 
+    def batches(self, n: int, batch: int) -> list[tuple[list[int], int]]:
+        """This rank's share of each global batch of ``range(n)``, in order, with the global batch's size.
+
+        The union over ranks of share ``j`` is exactly the single-process batch ``j``, so gradients summed
+        over ranks equal the single-process ones; a share may be empty when a batch is smaller than ``world``."""
+        out = []
+        for start in range(0, n, batch):
+            size = min(batch, n - start)
+            part = self.rows(size)
+            out.append((list(range(start + part.start, start + part.stop)), size))
+        return out
+
+    def gather_rows(self, array: np.ndarray) -> np.ndarray:
+        """Each rank's rows (its shard of some whole), stacked in rank order, returned on every rank."""
+        if self.world == 1:
+            return array
+        device = _comm_device()
+        local = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+        sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(self.world)]
+        dist.all_gather(sizes, torch.tensor([len(local)], dtype=torch.int64, device=device))
+        counts = [int(c) for c in sizes]
+        padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=device)
+        padded[:len(local)] = local
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:c] for p, c in zip(parts, counts)]).cpu().numpy()
+
+    def broadcast(self, array: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
+        """Rank 0's ``array`` on every rank (the others pass None)."""
+        if self.world == 1:
+            return np.asarray(array, dtype=dtype)
+        device = _comm_device()
+        shape = torch.zeros(8, dtype=torch.int64, device=device)
+        if self.main:
+            arr = np.ascontiguousarray(array, dtype=dtype)
+            shape[0] = arr.ndim
+            shape[1:1 + arr.ndim] = torch.tensor(arr.shape, dtype=torch.int64)
+        dist.broadcast(shape, 0)
+        dims = tuple(int(d) for d in shape[1:1 + int(shape[0])])
+        data = torch.from_numpy(arr).to(device) if self.main else \
+            torch.empty(dims, dtype=torch.from_numpy(np.zeros(0, dtype)).dtype, device=device)
+        dist.broadcast(data, 0)
+        return data.cpu().numpy()
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum of ``values`` over the ranks (float64)."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+        dist.all_reduce(t)
+        return t.cpu().tolist()
+
+
 SINGLE = Shards()
+
+
+def _comm_device() -> torch.device:
+    """Where collective tensors must live: the current GPU for NCCL, the CPU for gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def from_env(device: torch.device) -> Shards:
@@ -79,7 +139,9 @@ def from_env(device: torch.device) -> Shards:
 def local_device(device: torch.device) -> torch.device:
     """On CUDA under torchrun, the GPU of this process (``LOCAL_RANK``); otherwise ``device`` unchanged."""
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # collectives (NCCL) run on the current device
     return device
 
 

@@ -10,12 +10,15 @@ Examples:
   python scripts/train_fold.py 0 --config configs/arcface_densenet121.yaml
   python scripts/train_fold.py 0 --resume                     # continue a killed run
   python scripts/train_fold.py 0 --set train.seed=3 --set model.pretrained=false
+  torchrun --standalone --nproc_per_node 4 scripts/train_fold.py 0 --config configs/kernel.yaml
 """
 
 from __future__ import annotations
 
+import os
 import time
 
+import torch
 import yaml
 
 import _cli
@@ -23,6 +26,7 @@ from data.catalog import load_catalog, read_folds
 from data.errors import InputError
 from data.folds import fold_split
 from data.io import write_text
+from matching.distributed import from_env, local_device
 from siamese.arcface import is_embedding_config
 from siamese.embed_train import EmbedTrainer
 from siamese.infer import pick_device
@@ -55,17 +59,27 @@ def main() -> int:
 
     run_dir = args.work_dir / "runs" / cfg["model"]["name"] / f"fold{args.fold}"
     device = pick_device(cfg["train"].get("device", "auto"))
-    print(f"fold {args.fold}: {len(data.train_paths)} catalog images ({len(data.mining_index)} give pairs), "
-          f"{len(data.val_paths)} validation images; device {device}; writing {run_dir}")
+    shards = from_env(device)  # under torchrun: one process per GPU (or CPU share), DistributedDataParallel
+    device = local_device(device)
+    if shards.world > 1 and embedding:
+        raise InputError(None, "the embedding family trains in one process; run it without torchrun")
+    if not shards.main:
+        os.environ["TQDM_DISABLE"] = "1"  # one set of progress bars, from rank 0
+    say = print if shards.main else (lambda *a, **k: None)
+    torch.manual_seed(int(cfg["train"].get("seed", 0)))  # the same initial weights on every rank and run
+    say(f"fold {args.fold}: {len(data.train_paths)} catalog images ({len(data.mining_index)} give pairs), "
+        f"{len(data.val_paths)} validation images; device {device}"
+        f"{f' x {shards.world} processes' if shards.world > 1 else ''}; writing {run_dir}")
     trainer = (EmbedTrainer.create(cfg, data, run_dir, device) if embedding
-               else Trainer(build_model(cfg["model"]), cfg, data, run_dir, device))
-    write_text(yaml.safe_dump(cfg, sort_keys=False), run_dir / "config.yaml")
+               else Trainer(build_model(cfg["model"]), cfg, data, run_dir, device, shards=shards))
+    if shards.main:
+        write_text(yaml.safe_dump(cfg, sort_keys=False), run_dir / "config.yaml")
     start = time.perf_counter()
     metrics = trainer.fit(resume=args.resume)
     val = metrics.dropna(subset=["val_map5"])
-    print(f"done in {time.perf_counter() - start:.0f} s; validation MAP@5 per block:")
+    say(f"done in {time.perf_counter() - start:.0f} s; validation MAP@5 per block:")
     for _, row in val.iterrows():
-        print(f"  {int(row['size'])}px block {int(row['block'])}: {row['val_map5']:.4f}")
+        say(f"  {int(row['size'])}px block {int(row['block'])}: {row['val_map5']:.4f}")
     return 0
 
 

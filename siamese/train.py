@@ -12,10 +12,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from data.datasets import ImageDataset, PairDataset, make_loader
 from data.io import write_csv
+from matching.distributed import SINGLE, Shards
 from matching.ranking import tune_threshold
 from matching.scores import score_matrix
 from siamese.checkpoint import load_checkpoint, save_checkpoint
@@ -52,17 +55,24 @@ def stage_dir(run_dir: Path, stage: Stage) -> Path:
 
 
 class Trainer:
-    """Runs a schedule for one fold; ``run_dir`` is ``runs/<model>/fold<k>``."""
+    """Runs a schedule for one fold; ``run_dir`` is ``runs/<model>/fold<k>``.
+
+    Under ``torchrun`` (``shards`` of several processes) every rank computes its rows of the features and
+    score matrices, rank 0 mines the pairs and sends them to all, each rank trains on its share of every
+    batch (gradients summed by DistributedDataParallel, so the steps are those of one process), and only
+    rank 0 writes checkpoints and metrics."""
 
     def __init__(self, model: SiameseModel, cfg: dict, data: FoldData, run_dir: Path,
-                 device: torch.device, log: Callable[[str], None] = print):
+                 device: torch.device, log: Callable[[str], None] = print, shards: Shards = SINGLE):
+        self.shards = shards
+        self._ddp: DistributedDataParallel | None = None
         self.model = model.to(device)
         self.cfg = cfg
         self.tcfg = cfg["train"]
         self.data = data
         self.run_dir = Path(run_dir)
         self.device = device
-        self.log = log
+        self.log = log if shards.main else (lambda _: None)
         self.stages = parse_schedule(self.tcfg.get("stages"), "train.stages")
         self.seed = int(self.tcfg.get("seed", 0))
         self.channels = int(cfg["model"].get("in_chans", 3))
@@ -78,6 +88,12 @@ class Trainer:
 
     # ---- features and scores -------------------------------------------------------------
     def _features(self, paths, boxes, size: int, desc: str) -> np.ndarray:
+        """Branch features of every image; with several ranks each computes its rows and all get the whole."""
+        rows = self.shards.rows(len(paths))
+        paths, boxes = list(paths)[rows], list(boxes)[rows]
+        return self.shards.gather_rows(self._local_features(paths, boxes, size, desc))
+
+    def _local_features(self, paths, boxes, size: int, desc: str) -> np.ndarray:
         return compute_features(self.model.branch, paths, boxes, size, channels=self.channels,
                                 batch=int(self.tcfg.get("feature_batch", 64)), device=self.device,
                                 workers=self.tcfg.get("workers"), amp=bool(self.tcfg.get("amp", True)),
@@ -85,8 +101,10 @@ class Trainer:
                                 desc=desc)
 
     def _scores(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
-        return score_matrix(self.model.head, query, gallery, device=self.device,
-                            budget_mb=float(self.tcfg.get("score_budget_mb", 256)), progress=True)
+        """The head over every query x gallery pair; with several ranks each scores its query rows."""
+        part = score_matrix(self.model.head, query[self.shards.rows(len(query))], gallery, device=self.device,
+                            budget_mb=float(self.tcfg.get("score_budget_mb", 256)), progress=self.shards.main)
+        return self.shards.gather_rows(part)
 
     def _mining_features(self, size: int) -> np.ndarray:
         d = self.data
@@ -107,31 +125,65 @@ class Trainer:
 
     # ---- one epoch ----------------------------------------------------------------------
     def _epoch_pairs(self, block: Block, rng: np.random.Generator, scores: np.ndarray | None):
-        pos = positive_pairs(self.mine_labels, rng)
-        neg = self.miner.mine(scores, block.K, rng)
-        pairs = np.concatenate([pos, neg]).astype(np.int64)
-        targets = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))]).astype(np.float32)
-        order = rng.permutation(len(pairs))
-        return pairs[order], targets[order]
+        """The epoch's pairs and targets, shuffled; mined on rank 0 and sent to every rank."""
+        pairs = targets = None
+        if self.shards.main:
+            pos = positive_pairs(self.mine_labels, rng)
+            neg = self.miner.mine(scores, block.K, rng)
+            pairs = np.concatenate([pos, neg]).astype(np.int64)
+            targets = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))]).astype(np.float32)
+            order = rng.permutation(len(pairs))
+            pairs, targets = pairs[order], targets[order]
+        return self.shards.broadcast(pairs, np.int64), self.shards.broadcast(targets, np.float32)
+
+    def _local_batches(self, n: int, batch: int) -> list[tuple[list[int], int]]:
+        """This rank's share of every batch and the batch's size; an empty share becomes one item of weight 0
+        (every rank must take part in each step)."""
+        return [(share, size) if share else ([0], -size) for share, size in self.shards.batches(n, batch)]
 
     def _train_frozen(self, pairs, targets, block: Block, desc: str) -> float:
         feats = self._frozen_feats
         self.model.head.train()
         total, n = 0.0, 0
-        for start in tqdm(range(0, len(pairs), block.batch), desc=desc, leave=False, unit="batch"):
-            idx = torch.from_numpy(pairs[start:start + block.batch])
-            y = torch.from_numpy(targets[start:start + block.batch]).to(self.device)
-            total += self._step(self.model.head(feats[idx[:, 0]], feats[idx[:, 1]]), y)
-            n += len(y)
-        return total / max(n, 1)
+        for share, size in tqdm(self._local_batches(len(pairs), block.batch), desc=desc, leave=False,
+                                unit="batch", disable=not self.shards.main):
+            idx = torch.from_numpy(pairs[share])
+            y = torch.from_numpy(targets[share]).to(self.device)
+            total += self._step(self.model.head(feats[idx[:, 0]], feats[idx[:, 1]]), y, size, sync=True)
+            n += len(y) if size > 0 else 0
+        return self._epoch_loss(total, n)
 
-    def _step(self, logits: torch.Tensor, y: torch.Tensor) -> float:
-        """One Adam step on the BCE loss of a batch; returns the batch's summed loss."""
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+    def _step(self, logits: torch.Tensor, y: torch.Tensor, size: int, sync: bool = False) -> float:
+        """One Adam step on the mean BCE loss of a global batch of ``|size|`` pairs (this rank's share in
+        ``logits``; ``size < 0``: a placeholder share of weight 0). ``sync``: sum the gradients over ranks
+        here (DistributedDataParallel does it otherwise). Returns this share's summed loss."""
+        losses = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none")
+        if size < 0:
+            losses = losses * 0.0
+        scale = self.shards.world if self._ddp is not None and not sync else 1  # DDP averages over ranks
+        loss = losses.sum() * (scale / abs(size))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if sync and self.shards.world > 1:
+            for p in self.model.head.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
         self.optimizer.step()
-        return float(loss.detach()) * len(y)
+        return float(losses.detach().sum())
+
+    def _epoch_loss(self, total: float, n: int) -> float:
+        total, n = self.shards.sum([total, float(n)])
+        return total / max(n, 1.0)
+
+    def _pair_model(self) -> torch.nn.Module:
+        """The model that trains on image pairs: wrapped in DistributedDataParallel under torchrun (built
+        after batch norm is frozen, so that it syncs exactly the parameters that learn)."""
+        if self.shards.world == 1:
+            return self.model
+        if self._ddp is None:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+        return self._ddp
 
     def _train_images(self, pairs, targets, block: Block, size: int, g: int, desc: str) -> float:
         d = self.data
@@ -140,23 +192,31 @@ class Trainer:
                               max_megapixels=float(self.cfg.get("data", {}).get("max_megapixels", 60)),
                               augment_strength=float(self.tcfg.get("augment_strength", 1.0)))
         images.set_epoch(g)
-        loader = make_loader(PairDataset(images, pairs, targets), block.batch, shuffle=False,
+        batches = self._local_batches(len(pairs), block.batch)
+        local: list[int] = []
+        sampler = []
+        for share, _ in batches:
+            sampler.append(list(range(len(local), len(local) + len(share))))
+            local += share
+        loader = make_loader(Subset(PairDataset(images, pairs, targets), local), 1, batch_sampler=sampler,
                              workers=self.tcfg.get("workers"))
         self.model.train()
         if self.tcfg.get("freeze_bn", False):
             freeze_batchnorm(self.model.branch)
+        model = self._pair_model()
         amp = bool(self.tcfg.get("amp", True))
         total, n = 0.0, 0
-        for a, b, y in tqdm(loader, desc=desc, leave=False, unit="batch"):
+        for (a, b, y), (_, size) in zip(tqdm(loader, desc=desc, leave=False, unit="batch",
+                                             disable=not self.shards.main), batches):
             a, b, y = (t.to(self.device, non_blocking=True) for t in (a, b, y))
             if self.device.type == "cuda":
                 a = a.contiguous(memory_format=torch.channels_last)
                 b = b.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, amp):
-                logits = self.model(a, b)
-            total += self._step(logits, y)
-            n += len(y)
-        return total / max(n, 1)
+                logits = model(a, b)
+            total += self._step(logits, y, size)
+            n += len(y) if size > 0 else 0
+        return self._epoch_loss(total, n)
 
     def _run_epoch(self, pos: Position) -> float:
         stage, block = self.stages[pos.stage], self.stages[pos.stage].blocks[pos.block]
@@ -184,6 +244,10 @@ class Trainer:
         return self._train_images(pairs, targets, block, stage.size, g, desc)
 
     # ---- checkpoints --------------------------------------------------------------------
+    def _save(self, path: Path, state: dict) -> None:
+        if self.shards.main:
+            save_checkpoint(path, state)
+
     def _state(self, nxt: Position) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "position": [nxt.stage, nxt.block, nxt.epoch], "miner": self.miner.state_dict(),
@@ -191,6 +255,8 @@ class Trainer:
                 "torch_rng": torch.get_rng_state()}
 
     def _write_metrics(self) -> None:
+        if not self.shards.main:
+            return
         frame = pd.DataFrame(self.rows)
         for stage in self.stages:
             part = frame[frame["size"] == stage.size] if len(frame) else frame
@@ -200,6 +266,7 @@ class Trainer:
     def _start_stage(self, s: int) -> None:
         """A stage starts from the best weights of the stage before, with a fresh optimizer."""
         if s > 0:
+            self.shards.barrier()  # rank 0 has written the stage's best.pt
             best = load_checkpoint(stage_dir(self.run_dir, self.stages[s - 1]) / "best.pt", self.device)
             self.model.load_state_dict(best["model"])
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
@@ -263,13 +330,13 @@ class Trainer:
                 row.update(val_map5=round(map5, 6), threshold=round(threshold, 6))
                 if map5 > self.best_map5:
                     self.best_map5 = map5
-                    save_checkpoint(sdir / "best.pt", {"model": self.model.state_dict(), "val_map5": map5,
+                    self._save(sdir / "best.pt", {"model": self.model.state_dict(), "val_map5": map5,
                                                        "threshold": threshold, "size": stage.size})
             row["seconds"] = round(time.perf_counter() - t0, 2)
             self.rows.append(row)
             self._log_row(row)
             if self._resumable_after(pos, block, block_done):
-                save_checkpoint(sdir / "last.pt", self._state(nxt))
+                self._save(sdir / "last.pt", self._state(nxt))
             self._write_metrics()
             if nxt.stage != pos.stage and nxt.stage < len(self.stages):
                 self._start_stage(nxt.stage)
@@ -293,7 +360,7 @@ class Trainer:
                "freeze_branch": True, "loss": float("nan"), "val_map5": round(map5, 6),
                "threshold": round(threshold, 6), "seconds": round(time.perf_counter() - t0, 2)}
         self.best_map5 = map5
-        save_checkpoint(stage_dir(self.run_dir, stage) / "best.pt", {"model": self.model.state_dict(),
+        self._save(stage_dir(self.run_dir, stage) / "best.pt", {"model": self.model.state_dict(),
                                                                     "val_map5": map5, "threshold": threshold,
                                                                     "size": stage.size})
         self.rows.append(row)
