@@ -28,6 +28,11 @@ def autocast(device: torch.device, enabled: bool = True):
     return torch.autocast("cuda", dtype=dtype)
 
 
+def needs_grad_scaler(device: torch.device, enabled: bool = True) -> bool:
+    """True where :func:`autocast` runs in fp16 (CUDA without bf16): gradients then need loss scaling."""
+    return device.type == "cuda" and enabled and not torch.cuda.is_bf16_supported()
+
+
 @torch.no_grad()
 def compute_features(branch: torch.nn.Module, paths: Sequence[Path], boxes: Sequence, size: int, *,
                      channels: int = 3, batch: int = 64, device: torch.device | str = "cpu",

@@ -23,7 +23,7 @@ from matching.ranking import tune_threshold
 from matching.scores import score_matrix
 from siamese.checkpoint import load_checkpoint, save_checkpoint
 from siamese.head import PairHead
-from siamese.infer import autocast, compute_features
+from siamese.infer import autocast, compute_features, needs_grad_scaler
 from siamese.model import SiameseModel
 from siamese.pairs import NegativeMiner, positive_pairs
 from siamese.schedule import Block, Position, Stage, global_epoch, parse_schedule
@@ -67,6 +67,11 @@ class Trainer:
         self.shards = shards
         self._ddp: DistributedDataParallel | None = None
         self.model = model.to(device)
+        amp = bool(cfg["train"].get("amp", True))
+        # fp16 autocast (GPUs without bf16) underflows small gradients unless the loss is scaled
+        self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, amp))
+        if cfg["train"].get("compile", False):
+            self.model.branch.compile()  # in place: parameter names and checkpoints stay those of the module
         self.cfg = cfg
         self.tcfg = cfg["train"]
         self.data = data
@@ -156,15 +161,21 @@ class Trainer:
     def _step(self, logits: torch.Tensor, y: torch.Tensor, size: int, sync: bool = False) -> float:
         """One Adam step on the mean BCE loss of a global batch of ``|size|`` pairs (this rank's share in
         ``logits``; ``size < 0``: a placeholder share of weight 0). ``sync``: sum the gradients over ranks
-        here (DistributedDataParallel does it otherwise). Returns this share's summed loss."""
+        here (DistributedDataParallel does it otherwise; image batches, with the fp16 loss scaler where
+        autocast needs it). Returns this share's summed loss."""
         losses = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none")
         if size < 0:
             losses = losses * 0.0
         scale = self.shards.world if self._ddp is not None and not sync else 1  # DDP averages over ranks
         loss = losses.sum() * (scale / abs(size))
         self.optimizer.zero_grad(set_to_none=True)
+        if not sync:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return float(losses.detach().sum())
         loss.backward()
-        if sync and self.shards.world > 1:
+        if self.shards.world > 1:
             for p in self.model.head.parameters():
                 if p.grad is not None:
                     torch.distributed.all_reduce(p.grad)
@@ -250,6 +261,7 @@ class Trainer:
 
     def _state(self, nxt: Position) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "position": [nxt.stage, nxt.block, nxt.epoch], "miner": self.miner.state_dict(),
                 "best_map5": self.best_map5, "rows": self.rows, "seed": self.seed,
                 "torch_rng": torch.get_rng_state()}
@@ -285,6 +297,8 @@ class Trainer:
             else:
                 self.model.load_state_dict(state["model"])
                 self.optimizer.load_state_dict(state["optimizer"])
+                if state.get("scaler"):
+                    self.scaler.load_state_dict(state["scaler"])
                 self.best_map5 = float(state["best_map5"])
             self.miner.load_state_dict(state["miner"])
             self.rows = list(state["rows"])

@@ -175,3 +175,14 @@ def test_validate_start_keeps_the_untrained_model_as_the_first_best(tiny_catalog
     best = load_checkpoint(tmp_path / "32px" / "best.pt")
     assert best["val_map5"] == pytest.approx(metrics["val_map5"].max(), abs=1e-6)
     assert best["val_map5"] >= first["val_map5"]
+
+
+def test_compile_option_keeps_checkpoint_names_and_the_scaler_is_off_without_fp16(tiny_catalog, tmp_path):
+    plain = make_trainer(tiny_catalog, tmp_path / "a")
+    catalog = load_catalog(tiny_catalog, need_test=False)
+    train_df, val_df = fold_split(read_folds(tiny_catalog / "folds.csv"), 0, include_singletons=True)
+    cfg = {"model": dict(MODEL), "train": {"seed": 3, "stages": STAGES, "workers": 0, "compile": True}}
+    compiled = Trainer(build_model(cfg["model"]), cfg, build_fold_data(catalog, train_df, val_df), tmp_path / "b",
+                       torch.device("cpu"), log=lambda _: None)
+    assert compiled.model.state_dict().keys() == plain.model.state_dict().keys()
+    assert not compiled.scaler.is_enabled() and not plain.scaler.is_enabled()  # CPU: no fp16 autocast
