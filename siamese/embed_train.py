@@ -24,7 +24,7 @@ from matching.ranking import tune_threshold
 from siamese.arcface import EmbeddingModel, batch_hard_triplet, build_embedding_model, classification_loss
 from siamese.checkpoint import load_checkpoint
 from siamese.infer import autocast, compute_features
-from siamese.schedule import Position, global_epoch, parse_schedule
+from siamese.schedule import Position, global_epoch
 from siamese.train import FoldData, Trainer, freeze_batchnorm, stage_dir
 
 MIRROR_SUFFIX = "__mirror"
@@ -118,12 +118,8 @@ class EmbedTrainer(Trainer):
 
     def __init__(self, model: EmbeddingModel, cfg: dict, data: FoldData, run_dir: Path,
                  device: torch.device, log: Callable[[str], None] = print):
-        self.model = model.to(device)
-        self.cfg, self.tcfg, self.data = cfg, cfg["train"], data
-        self.run_dir, self.device, self.log = Path(run_dir), device, log
-        self.stages = parse_schedule(with_k(self.tcfg.get("stages")), "train.stages")
-        self.seed = int(self.tcfg.get("seed", 0))
-        self.channels = int(cfg["model"].get("in_chans", 3))
+        cfg["train"]["stages"] = with_k(cfg["train"].get("stages"))
+        super().__init__(model, cfg, data, run_dir, device, log)  # one process: no shards
         self.index, self.flip, self.cls, self.classes = class_items(data.train_labels,
                                                                     bool(cfg["model"].get("mirror", False)))
         if model.margin.classes != len(self.classes):
@@ -132,10 +128,6 @@ class EmbedTrainer(Trainer):
         scoring = str(cfg.get("score", {}).get("scoring", "image"))
         if scoring not in SCORINGS:
             raise InputError(None, f"score.scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}")
-        self.rows: list[dict] = []
-        self.best_map5 = -1.0
-        self._frozen_feats: torch.Tensor | None = None
-        self._mine_scores = None
         self.optimizer = self._optimizer()
 
     @classmethod
@@ -176,9 +168,11 @@ class EmbedTrainer(Trainer):
         return loss
 
     def _optimise(self, loss: torch.Tensor) -> None:
+        """One step; the gradient scaler (fp16 autocast only, else a pass-through) is the base trainer's."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     # ---- features -----------------------------------------------------------------------
     def _item_features(self, size: int) -> torch.Tensor:
@@ -281,6 +275,7 @@ class EmbedTrainer(Trainer):
     # ---- checkpoints --------------------------------------------------------------------
     def _state(self, nxt: Position) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "position": [nxt.stage, nxt.block, nxt.epoch], "best_map5": self.best_map5, "rows": self.rows,
                 "seed": self.seed, "torch_rng": torch.get_rng_state(), "classes": self.classes}
 
@@ -307,6 +302,8 @@ class EmbedTrainer(Trainer):
             else:
                 self.model.load_state_dict(state["model"])
                 self.optimizer.load_state_dict(state["optimizer"])
+                if state.get("scaler"):
+                    self.scaler.load_state_dict(state["scaler"])
                 self.best_map5 = float(state["best_map5"])
             self.rows = list(state["rows"])
             torch.set_rng_state(state["torch_rng"])
