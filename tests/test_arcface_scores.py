@@ -123,3 +123,26 @@ def test_tuned_weights_favour_the_informative_model_and_never_blend_below_the_be
     assert weights[1] > weights[0] and abs(sum(weights) - 1) < 1e-9
     alone = max(tune_threshold(m.scores, gallery_labels, truth)[1] for m in mats)
     assert value >= alone
+
+
+def test_run_ensemble_uses_tuned_weights_when_asked(tmp_path):
+    from matching.blend import ScoreMatrix, save_matrix
+    from matching.ensemble import run_ensemble
+
+    rng = np.random.default_rng(5)
+    gallery = np.array([f"g{j}" for j in range(12)])
+    whales = [f"w{j % 4}" for j in range(12)]
+    oof_q, test_q = np.array([f"o{i}" for i in range(8)]), np.array([f"t{i}" for i in range(5)])
+    labels = dict(zip(gallery, whales)) | {q: f"w{i % 4}" for i, q in enumerate(oof_q)}
+    good = rng.uniform(0, 0.4, size=(8, 12)).astype(np.float32)
+    for i in range(8):
+        good[i, i % 4] = 0.9  # column i % 4 shows whale w{i % 4}
+    for name, oof in (("good", good), ("noise", rng.uniform(0, 1, size=(8, 12)).astype(np.float32))):
+        save_matrix(tmp_path / name / "oof.npz", ScoreMatrix(oof, oof_q, gallery))
+        save_matrix(tmp_path / name / "test.npz", ScoreMatrix(rng.uniform(size=(5, 12)).astype(np.float32),
+                                                              test_q, gallery))
+    result = run_ensemble(tmp_path, ["good", "noise"], {"good": 0.5, "noise": 0.5}, labels, tune=True)
+    weights = {m.name: m.weight for m in result.models}
+    assert weights["good"] > weights["noise"] and sum(weights.values()) == pytest.approx(1.0)
+    assert any("tuned" in n for n in result.notes)
+    assert result.oof_map5 == pytest.approx(1.0)

@@ -172,3 +172,20 @@ def test_the_trained_run_scores_through_the_shared_pipeline(unbroken, tiny_catal
     shutil.copytree(work / "features" / "tinyarc", work / "features" / "tinyarc2")
     meta = score_meta("meta", ["tinyarc", "tinyarc2"], 0, catalog, val, work, {"scoring": "both"})
     np.testing.assert_allclose(load_matrix(meta[0]).scores, load_matrix(out / "fold0_test.npz").scores, atol=1e-3)
+
+
+def test_every_known_whale_is_a_class_singletons_included(tiny_catalog, tmp_path):
+    trainer = make_trainer(tiny_catalog, tmp_path)
+    ids, counts = np.unique(trainer.data.train_labels, return_counts=True)
+    plain = [c for c in trainer.classes if not c.endswith("__mirror")]
+    assert plain == sorted(ids) and "new_whale" not in plain
+    assert (counts == 1).any(), "the tiny fold should hold a whale with one training photo"
+
+
+def test_neck_and_head_learn_at_a_multiple_of_the_branch_lr_after_warm_up(tiny_catalog, tmp_path):
+    trainer = make_trainer(tiny_catalog, tmp_path)
+    trainer._set_lr(Position(0, 1, 0), 0.0)  # second block of the stage: past the 1-epoch warm-up, cosine at 1
+    branch_lr, head_lr = (g["lr"] for g in trainer.optimizer.param_groups)
+    assert branch_lr == pytest.approx(1e-3) and head_lr == pytest.approx(5 * 1e-3)
+    trainer._set_lr(Position(0, 0, 0), 0.5)  # half-way through the warm-up of the first block
+    assert trainer.optimizer.param_groups[0]["lr"] < 0.5 * 1e-3
