@@ -80,3 +80,22 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     """Load every array of an ``.npz`` written by :func:`save_npz` (``allow_pickle`` stays off)."""
     with np.load(path, allow_pickle=False) as npz:
         return {k: npz[k] for k in npz.files}
+
+
+def place_file(src: Path, dst: Path, mode: str) -> str:
+    """Put ``src`` at ``dst`` as a hard link, symbolic link or copy; returns which was made."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tries = {"auto": ("hardlink", "symlink", "copy")}.get(mode, (mode,))
+    for kind in tries:
+        try:
+            if kind == "hardlink":
+                os.link(src, dst)
+            elif kind == "symlink":
+                os.symlink(src.resolve(), dst)
+            else:
+                shutil.copy2(src, dst)
+            return kind
+        except OSError:
+            if kind == tries[-1]:
+                raise
+    raise AssertionError("unreachable")

@@ -33,7 +33,7 @@ import pandas as pd
 
 from data.catalog import NEW_WHALE, read_boxes, read_train_csv
 from data.errors import InputError
-from data.io import replace_dir
+from data.io import place_file, replace_dir
 
 QUERY_PREFIX = "q_"
 LINK_MODES = ("auto", "hardlink", "symlink", "copy")
@@ -160,25 +160,6 @@ def split_catalog(train: pd.DataFrame, cfg: ProtocolConfig) -> Split:
     return Split(catalog=catalog, queries=queries, new_individuals=new_individuals, unused_photos=unused)
 
 
-def _place(src: Path, dst: Path, mode: str) -> str:
-    """Put ``src`` at ``dst`` as a hard link, symbolic link or copy; returns which was made."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tries = {"auto": ("hardlink", "symlink", "copy")}.get(mode, (mode,))
-    for kind in tries:
-        try:
-            if kind == "hardlink":
-                os.link(src, dst)
-            elif kind == "symlink":
-                os.symlink(src.resolve(), dst)
-            else:
-                shutil.copy2(src, dst)
-            return kind
-        except OSError:
-            if kind == tries[-1]:
-                raise
-    raise AssertionError("unreachable")
-
-
 def _is_replaceable(out: Path) -> bool:
     """An empty folder, or one made by this module (it has protocol.json and truth.csv)."""
     return out.is_dir() and (not any(out.iterdir()) or ((out / "protocol.json").is_file()
@@ -223,10 +204,10 @@ def write_protocol(data_dir: str | Path, out: str | Path, cfg: ProtocolConfig, *
     links = dict.fromkeys(("hardlink", "symlink", "copy"), 0)
     try:
         for name in split.catalog["Image"]:
-            links[_place(data_dir / "train" / name, tmp / "train" / name, link)] += 1
+            links[place_file(data_dir / "train" / name, tmp / "train" / name, link)] += 1
         (tmp / "test").mkdir()
         for name, source in zip(split.queries["Image"], split.queries["Source"], strict=True):
-            links[_place(data_dir / "train" / source, tmp / "test" / name, link)] += 1
+            links[place_file(data_dir / "train" / source, tmp / "test" / name, link)] += 1
         _write_csv(split.catalog[["Image", "Id"]], tmp / "train.csv")
         _write_csv(split.queries[["Image", "Id"]], tmp / "truth.csv")
         _write_csv(split.queries[["Image", "Source"]], tmp / "queries.csv")

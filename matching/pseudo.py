@@ -17,8 +17,7 @@ import pandas as pd
 
 from data.catalog import load_catalog, read_folds, read_train_csv
 from data.errors import InputError
-from data.io import replace_dir
-from data.protocol import _place
+from data.io import place_file, replace_dir
 from matching.blend import ScoreMatrix
 from matching.ranking import WhaleGroups, whale_best
 
@@ -90,11 +89,11 @@ def write_pseudo_catalog(data_dir: Path, out: Path, pseudo: pd.DataFrame, *, for
     links = dict.fromkeys(("hardlink", "symlink", "copy"), 0)
     try:
         for name in train["Image"]:
-            links[_place(catalog.train_path(name), tmp / "train" / name, "auto")] += 1
+            links[place_file(catalog.train_path(name), tmp / "train" / name, "auto")] += 1
         for name in pseudo["Image"]:
-            links[_place(catalog.test_path(name), tmp / "train" / name, "auto")] += 1
+            links[place_file(catalog.test_path(name), tmp / "train" / name, "auto")] += 1
         for name in catalog.test_images:
-            links[_place(catalog.test_path(name), tmp / "test" / name, "auto")] += 1
+            links[place_file(catalog.test_path(name), tmp / "test" / name, "auto")] += 1
         extended = pd.concat([train[["Image", "Id"]], pseudo[["Image", "Id"]]], ignore_index=True)
         extended.to_csv(tmp / "train.csv", index=False)
         pseudo.to_csv(tmp / "pseudo.csv", index=False)

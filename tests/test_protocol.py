@@ -180,7 +180,7 @@ def test_link_modes(tiny_catalog, tmp_path):
 
 
 def test_failure_midway_leaves_nothing_behind(tiny_catalog, tmp_path, monkeypatch):
-    real = protocol._place
+    real = protocol.place_file
     calls = []
 
     def flaky(src, dst, mode):
@@ -189,7 +189,7 @@ def test_failure_midway_leaves_nothing_behind(tiny_catalog, tmp_path, monkeypatc
             raise OSError("disk full")
         return real(src, dst, mode)
 
-    monkeypatch.setattr(protocol, "_place", flaky)
+    monkeypatch.setattr(protocol, "place_file", flaky)
     with pytest.raises(OSError, match="disk full"):
         write_protocol(tiny_catalog, tmp_path / "out", ProtocolConfig())
     assert list(tmp_path.iterdir()) == []
