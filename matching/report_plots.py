@@ -45,8 +45,9 @@ def read_curves(runs_dir: str | Path) -> list[Curve]:
         if missing:
             raise InputError(path, f"missing column(s) {', '.join(missing)} (found: {', '.join(frame.columns)})")
         values = frame[list(METRIC_COLUMNS)].apply(pd.to_numeric, errors="coerce")
-        if values["global_epoch"].isna().any() or values["loss"].isna().any():
-            raise InputError(path, "global_epoch and loss must be numbers on every row")
+        trained = values["global_epoch"] > 0  # row 0: the model scored before training (no loss)
+        if values["global_epoch"].isna().any() or values.loc[trained, "loss"].isna().any():
+            raise InputError(path, "global_epoch must be a number on every row, loss on every trained epoch")
         curves.append(Curve(path.parent.parent.parent.name, int(fold.group(1)), int(size.group(1)), values))
     return sorted(curves, key=lambda c: (c.model, c.fold, c.size))
 
@@ -67,7 +68,8 @@ def plot_curves(curves: Sequence[Curve], model: str) -> bytes:
     starts: dict[int, float] = {}
     for c in mine:
         label = f"fold {c.fold}" if c.size == min(x.size for x in mine if x.fold == c.fold) else None
-        ax_loss.plot(c.frame["global_epoch"], c.frame["loss"], color=colours[c.fold], label=label)
+        trained = c.frame.dropna(subset=["loss"])
+        ax_loss.plot(trained["global_epoch"], trained["loss"], color=colours[c.fold], label=label)
         val = c.frame.dropna(subset=["val_map5"])
         ax_map.plot(val["global_epoch"], val["val_map5"], "o-", color=colours[c.fold], ms=3)
         first = float(c.frame["global_epoch"].min()) if len(c.frame) else 0.0

@@ -33,7 +33,7 @@ from matching.report import (
 )
 from matching.report_build import build_report
 from matching.report_page import render_page
-from matching.report_plots import read_curves
+from matching.report_plots import plot_curves, read_curves
 from matching.submission import read_truth, write_submission
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,6 +109,22 @@ def test_metrics_curves_are_found_and_a_bad_one_is_named(tmp_path):
     bad.parent.mkdir(parents=True)
     bad.write_text("epoch,loss\n1,0.5\n")
     with pytest.raises(InputError, match=r"metrics.csv: missing column\(s\) global_epoch, val_map5"):
+        read_curves(tmp_path / "runs")
+
+
+def test_a_row_scored_before_training_has_no_loss_and_is_plotted_only_for_map(tmp_path):
+    _write_metrics(tmp_path / "runs", "alpha", 0, [64])
+    path = tmp_path / "runs" / "alpha" / "fold0" / "64px" / "metrics.csv"
+    frame = pd.read_csv(path)
+    start = {**frame.iloc[0].to_dict(), "block": 0, "epoch": 0, "global_epoch": 0, "loss": float("nan"),
+             "val_map5": 0.1}
+    write_csv(pd.concat([pd.DataFrame([start]), frame]), path)
+    (curve,) = read_curves(tmp_path / "runs")
+    assert curve.frame["global_epoch"].iloc[0] == 0 and np.isnan(curve.frame["loss"].iloc[0])
+    assert plot_curves([curve], "alpha")[:4] == b"\x89PNG"
+    frame.loc[1, "loss"] = float("nan")  # a trained epoch without its loss is still refused
+    write_csv(frame, path)
+    with pytest.raises(InputError, match="loss on every trained epoch"):
         read_curves(tmp_path / "runs")
 
 
