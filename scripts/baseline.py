@@ -17,7 +17,7 @@ Examples:
   python scripts/baseline.py --data-dir data/synthetic
   python scripts/baseline.py --data-dir /tmp/rw --features lite0 --size 224
   python scripts/baseline.py --data-dir /tmp/rw --features lite0 --size 192 \\
-      --reuse work/features/real_cpu --json work/baseline.json   # features cached by a frozen-branch run
+      --reuse work/features/real_cpu_siamese --json work/baseline.json   # features cached by a frozen-branch run
 """
 
 from __future__ import annotations
