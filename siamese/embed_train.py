@@ -22,10 +22,9 @@ from data.errors import InputError
 from matching.embed_scores import SCORINGS, similarity
 from matching.ranking import tune_threshold
 from siamese.arcface import EmbeddingModel, batch_hard_triplet, build_embedding_model, classification_loss
-from siamese.checkpoint import load_checkpoint
 from siamese.infer import autocast, compute_features
 from siamese.schedule import Position, global_epoch
-from siamese.train import FoldData, Trainer, freeze_batchnorm, stage_dir
+from siamese.train import FoldData, Trainer, freeze_batchnorm
 
 MIRROR_SUFFIX = "__mirror"
 
@@ -128,7 +127,6 @@ class EmbedTrainer(Trainer):
         scoring = str(cfg.get("score", {}).get("scoring", "image"))
         if scoring not in SCORINGS:
             raise InputError(None, f"score.scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}")
-        self.optimizer = self._optimizer()
 
     @classmethod
     def create(cls, cfg: dict, data: FoldData, run_dir: Path, device: torch.device,
@@ -273,42 +271,12 @@ class EmbedTrainer(Trainer):
         return total / max(n, 1)
 
     # ---- checkpoints --------------------------------------------------------------------
-    def _state(self, nxt: Position) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "position": [nxt.stage, nxt.block, nxt.epoch], "best_map5": self.best_map5, "rows": self.rows,
-                "seed": self.seed, "torch_rng": torch.get_rng_state(), "classes": self.classes}
+    def _extra_state(self) -> dict:
+        return {"classes": self.classes}
 
-    def _start_stage(self, s: int) -> None:
-        """A stage starts from the best weights of the stage before, with a fresh optimizer."""
-        if s > 0:
-            best = load_checkpoint(stage_dir(self.run_dir, self.stages[s - 1]) / "best.pt", self.device)
-            self.model.load_state_dict(best["model"])
-        self.optimizer = self._optimizer()
-        self.best_map5 = -1.0
-
-    def resume(self) -> Position | None:
-        """Load the newest ``last.pt`` of this run; the position to continue from, or None when there is none."""
-        for si in reversed(range(len(self.stages))):
-            path = stage_dir(self.run_dir, self.stages[si]) / "last.pt"
-            if not path.is_file():
-                continue
-            state = load_checkpoint(path, self.device)
-            if list(state.get("classes", [])) != self.classes:
-                raise InputError(path, "was trained on other classes (another fold, data set or mirror setting)")
-            pos = Position(*state["position"])
-            if pos.stage != si and pos.stage < len(self.stages):
-                self._start_stage(pos.stage)
-            else:
-                self.model.load_state_dict(state["model"])
-                self.optimizer.load_state_dict(state["optimizer"])
-                if state.get("scaler"):
-                    self.scaler.load_state_dict(state["scaler"])
-                self.best_map5 = float(state["best_map5"])
-            self.rows = list(state["rows"])
-            torch.set_rng_state(state["torch_rng"])
-            return pos
-        return None
+    def _restore_extra(self, state: dict, path: Path) -> None:
+        if list(state.get("classes", [])) != self.classes:
+            raise InputError(path, "was trained on other classes (another fold, data set or mirror setting)")
 
     def _resumable_after(self, pos, block, block_done) -> bool:
         return True  # nothing is cached between epochs that a resumed run could not rebuild

@@ -85,7 +85,7 @@ class Trainer:
         self.mine_labels = data.train_labels[self.mine_idx]
         self.miner = NegativeMiner(self.mine_labels, segments=int(self.tcfg.get("segments", 1)),
                                    sparse_k=self.tcfg.get("sparse_k"), memory=1)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.optimizer = self._optimizer()
         self.rows: list[dict] = []
         self.best_map5 = -1.0
         self._mine_scores: np.ndarray | None = None
@@ -262,9 +262,20 @@ class Trainer:
     def _state(self, nxt: Position) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "position": [nxt.stage, nxt.block, nxt.epoch], "miner": self.miner.state_dict(),
-                "best_map5": self.best_map5, "rows": self.rows, "seed": self.seed,
-                "torch_rng": torch.get_rng_state()}
+                "position": [nxt.stage, nxt.block, nxt.epoch], "best_map5": self.best_map5, "rows": self.rows,
+                "seed": self.seed, "torch_rng": torch.get_rng_state(), **self._extra_state()}
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """A fresh optimizer (every stage starts with one); the lr is set by each block."""
+        return torch.optim.Adam(self.model.parameters(), lr=1e-4)
+
+    def _extra_state(self) -> dict:
+        """What ``last.pt`` holds beside the model, optimizer, position and metrics: the miner's memory."""
+        return {"miner": self.miner.state_dict()}
+
+    def _restore_extra(self, state: dict, path: Path) -> None:
+        """Take back what :meth:`_extra_state` saved (``path``: the checkpoint, for errors)."""
+        self.miner.load_state_dict(state["miner"])
 
     def _write_metrics(self) -> None:
         if not self.shards.main:
@@ -281,7 +292,7 @@ class Trainer:
             self.shards.barrier()  # rank 0 has written the stage's best.pt
             best = load_checkpoint(stage_dir(self.run_dir, self.stages[s - 1]) / "best.pt", self.device)
             self.model.load_state_dict(best["model"])
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.optimizer = self._optimizer()
         self.best_map5 = -1.0
 
     def resume(self) -> Position | None:
@@ -291,6 +302,7 @@ class Trainer:
             if not path.is_file():
                 continue
             state = load_checkpoint(path, self.device)
+            self._restore_extra(state, path)
             pos = Position(*state["position"])
             if pos.stage != si and pos.stage < len(self.stages):
                 self._start_stage(pos.stage)  # saved at the end of a stage: the next starts from its best
@@ -300,7 +312,6 @@ class Trainer:
                 if state.get("scaler"):
                     self.scaler.load_state_dict(state["scaler"])
                 self.best_map5 = float(state["best_map5"])
-            self.miner.load_state_dict(state["miner"])
             self.rows = list(state["rows"])
             torch.set_rng_state(state["torch_rng"])
             return pos
