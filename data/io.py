@@ -52,6 +52,22 @@ def replace_dir(tmp: str | Path, out: str | Path) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def staged_dir(out: str | Path) -> Iterator[Path]:
+    """A fresh hidden folder beside ``out`` to fill inside the ``with``; when the block finishes it replaces
+    ``out`` (:func:`replace_dir`), on any error it is removed, so ``out`` is never left half-written."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, out)
+
+
 def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
     """Write ``df`` without its index, atomically."""
     with atomic_path(path) as tmp:

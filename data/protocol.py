@@ -22,9 +22,6 @@ byte-identical files.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,7 +30,7 @@ import pandas as pd
 
 from data.catalog import NEW_WHALE, read_boxes, read_train_csv
 from data.errors import InputError
-from data.io import place_file, replace_dir
+from data.io import place_file, staged_dir
 
 QUERY_PREFIX = "q_"
 LINK_MODES = ("auto", "hardlink", "symlink", "copy")
@@ -199,10 +196,8 @@ def write_protocol(data_dir: str | Path, out: str | Path, cfg: ProtocolConfig, *
     except ValueError as err:
         raise InputError(train_csv, str(err)) from None
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     links = dict.fromkeys(("hardlink", "symlink", "copy"), 0)
-    try:
+    with staged_dir(out) as tmp:
         for name in split.catalog["Image"]:
             links[place_file(data_dir / "train" / name, tmp / "train" / name, link)] += 1
         (tmp / "test").mkdir()
@@ -226,11 +221,6 @@ def write_protocol(data_dir: str | Path, out: str | Path, cfg: ProtocolConfig, *
             "new_individuals": split.new_individuals,
         }
         (tmp / "protocol.json").write_text(json.dumps(record, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out)
     return summary
 
 

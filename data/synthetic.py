@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -25,7 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from data.errors import InputError
-from data.io import replace_dir
+from data.io import staged_dir
 from data.synth_fluke import make_fluke
 from data.synth_photo import encode_jpeg, render_photo
 
@@ -226,15 +223,8 @@ def write_catalog(out: str | Path, cfg: SynthConfig, *, force: bool = False,
     if out.exists() and not _is_replaceable(out):
         raise InputError(out, "exists and is not a catalog folder (no train.csv); refusing to replace it")
     start = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         plan, _ = _generate_into(tmp, cfg, progress)
-        os.chmod(tmp, 0o755)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out)
     train = plan.split("train")
     test = plan.split("test")
     known = pd.Series([p.label for p in train if p.label != NEW_WHALE]).value_counts()

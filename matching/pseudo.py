@@ -6,9 +6,7 @@ best whale is their own (a ``new_whale`` query above it counts as wrong).
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pandas as pd
 
 from data.catalog import load_catalog, read_folds, read_train_csv
 from data.errors import InputError
-from data.io import place_file, replace_dir
+from data.io import place_file, staged_dir
 from matching.blend import ScoreMatrix
 from matching.ranking import WhaleGroups, whale_best
 
@@ -84,10 +82,8 @@ def write_pseudo_catalog(data_dir: Path, out: Path, pseudo: pd.DataFrame, *, for
     if clash:
         raise InputError(data_dir / "train.csv", f"test image {clash[0]!r} has the name of a catalog image")
     catalog = load_catalog(data_dir, need_test=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     links = dict.fromkeys(("hardlink", "symlink", "copy"), 0)
-    try:
+    with staged_dir(out) as tmp:
         for name in train["Image"]:
             links[place_file(catalog.train_path(name), tmp / "train" / name, "auto")] += 1
         for name in pseudo["Image"]:
@@ -104,9 +100,4 @@ def write_pseudo_catalog(data_dir: Path, out: Path, pseudo: pd.DataFrame, *, for
             folds = read_folds(data_dir / "folds.csv")
             added = pseudo[["Image", "Id"]].assign(fold=-1)
             pd.concat([folds[["Image", "Id", "fold"]], added], ignore_index=True).to_csv(tmp / "folds.csv", index=False)
-        os.chmod(tmp, 0o755)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out)
     return links
