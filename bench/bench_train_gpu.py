@@ -43,6 +43,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def step(model, opt, scaler, a, b, y, device: torch.device, amp: bool) -> None:
+    """One Adam step on a batch of pairs, as the trainer takes it (autocast, loss scaling where fp16)."""
+    with autocast(device, amp):
+        loss = F.binary_cross_entropy_with_logits(model(a, b).float(), y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
 def train_steps(model, device, size: int, batch: int, steps: int, amp: bool) -> float:
     """Images per second of ``steps`` Adam steps on random pairs resident on the device (after 3 warm-up steps)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
@@ -56,12 +66,7 @@ def train_steps(model, device, size: int, batch: int, steps: int, amp: bool) -> 
         if i == 3:
             sync(device)
             start = time.perf_counter()
-        with autocast(device, amp):
-            loss = F.binary_cross_entropy_with_logits(model(a, b).float(), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        step(model, opt, scaler, a, b, y, device, amp)
     sync(device)
     return 2 * batch * steps / (time.perf_counter() - start)
 
@@ -104,12 +109,7 @@ def loader_epoch(model, device, size: int, batch: int, photos: int, workers: int
             a, b, y = (t.to(device, non_blocking=True) for t in (a, b, y))
             if device.type == "cuda":
                 a, b = (t.contiguous(memory_format=torch.channels_last) for t in (a, b))
-            with autocast(device, amp):
-                loss = F.binary_cross_entropy_with_logits(model(a, b).float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            step(model, opt, scaler, a, b, y, device, amp)
         sync(device)
         seconds = time.perf_counter() - start
         sampler.done.set()
