@@ -29,7 +29,7 @@ def main() -> int:
     p.add_argument("--data-dir", type=Path, default=_cli.DEFAULT_DATA_DIR, help="default: %(default)s")
     p.add_argument("--work-dir", type=Path, default=_cli.DEFAULT_WORK_DIR, help="default: %(default)s")
     p.add_argument("--config", type=Path, default=_cli.REPO_ROOT / "configs" / "demo.yaml",
-                   help="Siamese config for the two folds; default: %(default)s")
+                   help="model config for the folds (Siamese or embedding family); default: %(default)s")
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1], help="folds to train; default: 0 1")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic catalog; default: %(default)s")
     p.add_argument("--force", action="store_true", help="redo every step (removes the demo's data and work dirs)")
@@ -52,7 +52,7 @@ def main() -> int:
          ["predict_bbox.py", "--data-dir", str(data), "--work-dir", str(work)]),
     ]
     for k in args.folds:
-        steps.append((f"Siamese fold {k}", lambda k=k: run_complete(work / "runs" / model / f"fold{k}"),
+        steps.append((f"train fold {k}", lambda k=k: run_complete(work / "runs" / model / f"fold{k}"),
                       ["train_fold.py", str(k), "--data-dir", str(data), "--work-dir", str(work),
                        "--config", str(args.config), "--resume"]))
     steps += [

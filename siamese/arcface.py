@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data.errors import InputError
-from siamese.branch import Branch, create_branch
+from siamese.branch import Branch, branch_shape, create_branch
 
 FAMILY = "arcface"
 
@@ -27,17 +27,20 @@ def is_embedding_config(cfg: Mapping[str, Any]) -> bool:
 
 
 class Neck(nn.Module):
-    """``BatchNorm1d(D) -> Linear(D, E) -> BatchNorm1d(E)``: branch features to the embedding."""
+    """``BatchNorm1d(D) -> Dropout -> Linear(D, E) -> BatchNorm1d(E)``: branch features to the embedding."""
 
-    def __init__(self, in_dim: int, dim: int = 512):
+    def __init__(self, in_dim: int, dim: int = 512, dropout: float = 0.0):
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise InputError(None, f"neck_dropout must be in [0, 1), not {dropout}")
         self.bn_in = nn.BatchNorm1d(in_dim)
+        self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(in_dim, dim)
         self.bn_out = nn.BatchNorm1d(dim)
         self.out_dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn_out(self.fc(self.bn_in(x.float())))
+        return self.bn_out(self.fc(self.drop(self.bn_in(x.float()))))
 
 
 class ArcMarginHead(nn.Module):
@@ -141,16 +144,17 @@ class EmbeddingModel(nn.Module):
 
 
 def build_embedding_model(cfg: Mapping[str, Any], classes: int) -> EmbeddingModel:
-    """A model from the ``model`` section: ``branch``, ``in_chans`` (3), ``pool`` (gem), ``pretrained``,
-    ``weights``, ``embedding_dim`` (512), ``arc_s`` (30), ``arc_m`` (0.5), ``easy_margin`` (false),
-    ``subcenters`` (1); ``classes`` comes from the fold (mirrored classes included)."""
+    """A model from the ``model`` section: ``branch``, ``in_chans`` (3), ``pool`` (gem; ``grid`` with ``grid`` cells
+    a side), ``branch_blocks`` (all), ``pretrained``, ``weights``, ``embedding_dim`` (512), ``neck_dropout`` (0),
+    ``arc_s`` (30), ``arc_m`` (0.5), ``easy_margin`` (false), ``subcenters`` (1); ``classes`` comes from the fold
+    (mirrored classes included)."""
     if not cfg.get("branch"):
         raise InputError(None, "the model config needs a 'branch' (a timm model name or 'kernel')")
     weights = cfg.get("weights")
     branch = create_branch(str(cfg["branch"]), in_chans=int(cfg.get("in_chans", 3)),
                            pool=str(cfg.get("pool", "gem")), pretrained=bool(cfg.get("pretrained", False)),
-                           weights=None if weights in (None, "") else weights)
-    neck = Neck(branch.out_dim, int(cfg.get("embedding_dim", 512)))
+                           weights=None if weights in (None, "") else weights, **branch_shape(cfg))
+    neck = Neck(branch.out_dim, int(cfg.get("embedding_dim", 512)), float(cfg.get("neck_dropout", 0.0)))
     margin = ArcMarginHead(neck.out_dim, classes, s=float(cfg.get("arc_s", 30.0)), m=float(cfg.get("arc_m", 0.5)),
                            easy_margin=bool(cfg.get("easy_margin", False)), subcenters=int(cfg.get("subcenters", 1)))
     return EmbeddingModel(branch, neck, margin)

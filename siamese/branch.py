@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -19,7 +20,7 @@ from data.images import MEAN, STD
 from siamese.kernel_cnn import KernelCNN
 from siamese.pretrained import hub_reachable, offline_backbone
 
-POOLS = ("max", "gem", "avg")
+POOLS = ("max", "gem", "avg", "grid")
 KERNEL = "kernel"
 
 
@@ -36,10 +37,47 @@ class GeM(nn.Module):
         return x.float().clamp(min=self.eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p).to(x.dtype)
 
 
-def make_pool(pool: str) -> nn.Module:
+class GridPool(nn.Module):
+    """Average over each cell of a ``g x g`` grid, flattened: ``[B, C, H, W] -> [B, C * g * g]``. Keeps where on
+    the crop a pattern lies (the crop is an upright, box-aligned fluke), which a global pool throws away."""
+
+    def __init__(self, grid: int):
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, self.grid).flatten(1)
+
+
+def make_pool(pool: str, grid: int = 4) -> nn.Module:
     if pool == "gem":
         return GeM()
+    if pool == "grid":
+        return GridPool(grid)
     return SelectAdaptivePool2d(pool_type=pool, flatten=True)
+
+
+def truncate_backbone(backbone: nn.Module, blocks: int) -> int:
+    """Keep the first ``blocks`` stages of a timm EfficientNet-style backbone (``conv_stem``, ``blocks``,
+    ``conv_head``), dropping the rest and the 1x1 head convolution; returns the channels it now outputs.
+
+    Mid-level block outputs keep the fine pattern detail that the last ImageNet layers trade for object
+    categories (on the synthetic catalog, frozen Lite0 block 6 of 7 matches flukes better than the head)."""
+    stages = getattr(backbone, "blocks", None)
+    if not isinstance(stages, nn.Sequential) or not hasattr(backbone, "conv_head"):
+        raise InputError(None, f"branch_blocks needs an EfficientNet/MobileNet-style backbone (blocks + conv_head), "
+                               f"not {type(backbone).__name__}")
+    if not 1 <= blocks <= len(stages):
+        raise InputError(None, f"branch_blocks must be in 1..{len(stages)} for this backbone, not {blocks}")
+    backbone.blocks = stages[:blocks]
+    backbone.conv_head, backbone.bn2 = nn.Identity(), nn.Identity()
+    was_training = backbone.training
+    with torch.no_grad():
+        probe = torch.zeros(1, backbone.conv_stem.in_channels, 64, 64)
+        channels = int(backbone.eval().forward_features(probe).shape[1])
+    backbone.train(was_training)
+    backbone.num_features = channels
+    return channels
 
 
 class Branch(nn.Module):
@@ -51,14 +89,15 @@ class Branch(nn.Module):
 
     def __init__(self, backbone: nn.Module, *, name: str, in_chans: int, pool: str = "max",
                  weights_mean: tuple[float, ...] | None = None, weights_std: tuple[float, ...] | None = None,
-                 normalize: bool = False):
+                 normalize: bool = False, grid: int = 4):
         super().__init__()
         self.backbone = backbone
-        self.pool = make_pool(pool)
+        self.pool = make_pool(pool, grid)
         self.name = name
         self.in_chans = in_chans
         self.pool_type = pool
-        self.out_dim = int(backbone.num_features)
+        self.grid = grid
+        self.relu = True  # off once truncated: a mid-level block's output is linear, its sign carries information
         self.normalize = normalize
         scale, shift = _input_adapter(in_chans, weights_mean, weights_std)
         self.register_buffer("input_scale", scale)
@@ -66,10 +105,21 @@ class Branch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.addcmul(self.input_shift.view(1, -1, 1, 1), x, self.input_scale.view(1, -1, 1, 1))
-        features = self.pool(F.relu(self.backbone.forward_features(x)))
+        maps = self.backbone.forward_features(x)
+        features = self.pool(F.relu(maps) if self.relu else maps)
         if self.normalize:  # unit length times sqrt(D): each feature of order 1, x.y = D * cosine
             features = F.normalize(features.float(), dim=-1).to(features.dtype) * self.out_dim ** 0.5
         return features
+
+    @property
+    def out_dim(self) -> int:
+        channels = int(self.backbone.num_features)
+        return channels * self.grid * self.grid if self.pool_type == "grid" else channels
+
+    def truncate(self, blocks: int) -> None:
+        """Keep the backbone's first ``blocks`` stages (:func:`truncate_backbone`), without the final ReLU."""
+        truncate_backbone(self.backbone, blocks)
+        self.relu = False
 
 
 def _input_adapter(in_chans: int, mean: tuple[float, ...] | None,
@@ -85,19 +135,29 @@ def _input_adapter(in_chans: int, mean: tuple[float, ...] | None,
     return s_p / s_w, (m_p - m_w) / s_w
 
 
+def branch_shape(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``blocks`` and ``grid`` for :func:`create_branch` from a ``model`` section."""
+    blocks = cfg.get("branch_blocks")
+    return {"blocks": None if blocks in (None, "") else int(blocks), "grid": int(cfg.get("grid", 4))}
+
+
 def create_branch(name: str, *, in_chans: int = 3, pool: str = "max", pretrained: bool = False,
-                  weights: str | Path | None = None, normalize: bool = False) -> Branch:
+                  weights: str | Path | None = None, normalize: bool = False, blocks: int | None = None,
+                  grid: int = 4) -> Branch:
     """A branch by name: a timm backbone (``densenet121``, ``resnet18`` ...) or ``kernel``.
 
     Weights: ``weights`` (a local file, it overrides ``pretrained``), else ImageNet weights when
     ``pretrained`` (timm's download when the hub answers, else installed offline weights where there are
     some, see :mod:`siamese.pretrained`), else random. ``normalize`` scales every output vector to length
-    ``sqrt(D)``. Bad choices raise :class:`InputError`.
+    ``sqrt(D)``. ``blocks`` keeps only the backbone's first stages (after the weights are loaded); pool
+    ``grid`` averages a ``grid x grid`` layout of cells. Bad choices raise :class:`InputError`.
     """
     if in_chans not in (1, 3):
         raise InputError(None, f"in_chans must be 1 or 3, not {in_chans!r}")
     if pool not in POOLS:
         raise InputError(None, f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
+    if not isinstance(grid, int) or grid < 1:
+        raise InputError(None, f"grid must be a whole number >= 1, not {grid!r}")
     mean = std = None
     if name == KERNEL:
         if pretrained and weights is None:
@@ -110,9 +170,11 @@ def create_branch(name: str, *, in_chans: int = 3, pool: str = "max", pretrained
     else:
         backbone = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", in_chans=in_chans)
     branch = Branch(backbone, name=name, in_chans=in_chans, pool=pool, weights_mean=mean, weights_std=std,
-                    normalize=normalize)
+                    normalize=normalize, grid=grid)
     if weights is not None:
         load_branch_weights(branch, weights)
+    if blocks is not None:
+        branch.truncate(int(blocks))
     return branch
 
 

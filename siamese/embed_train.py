@@ -3,7 +3,8 @@ never), optional mirrored classes, ArcFace (+ triplet, focal) loss, warm-up then
 the Siamese schedule format, checkpoints, resume and ``metrics.csv`` (the loop is :class:`siamese.train.Trainer`'s).
 
 Schedule blocks are ``{epochs, lr, batch, freeze_branch}`` (``K`` is accepted and ignored). A frozen block
-computes branch features once and trains the neck and margin head on them.
+computes branch features once (the test-time crop and ``train.frozen_views`` random training views of every
+photo) and trains the neck and margin head on them; one of its epochs covers every view.
 """
 
 from __future__ import annotations
@@ -174,15 +175,23 @@ class EmbedTrainer(Trainer):
 
     # ---- features -----------------------------------------------------------------------
     def _item_features(self, size: int) -> torch.Tensor:
-        """Branch features of every item (mirrored items through a flip), for a frozen block."""
+        """Branch features of every item for a frozen block, ``[1 + frozen_views, items, D]``: the test-time crop,
+        then ``train.frozen_views`` random training views (mirrored items through a flip)."""
+        views = int(self.tcfg.get("frozen_views", 0))
+        if views < 0:
+            raise InputError(None, f"train.frozen_views must be >= 0, not {views}")
+        return torch.stack([self._item_view(size, v) for v in range(views + 1)])
+
+    def _item_view(self, size: int, view: int) -> torch.Tensor:
         d = self.data
-        feats = self._features(d.train_paths, d.train_boxes, size, "branch features")
+        what = "branch features" if view == 0 else f"branch features, view {view}"
+        feats = self._features(d.train_paths, d.train_boxes, size, what, view)
         out = feats[self.index]
         if self.flip.any():
             plain = self.model.branch
             self.model.branch = Flipped(plain)
             try:
-                flipped = self._features(d.train_paths, d.train_boxes, size, "mirrored branch features")
+                flipped = self._features(d.train_paths, d.train_boxes, size, f"mirrored {what}", view)
             finally:
                 self.model.branch = plain
             out[self.flip] = flipped[self.index[self.flip]]
@@ -200,7 +209,7 @@ class EmbedTrainer(Trainer):
         if self._frozen_feats is not None:  # a frozen block: the branch features of the gallery are at hand
             self.model.neck.eval()
             with torch.no_grad():
-                gallery = self.model.neck(self._frozen_feats[torch.from_numpy(np.flatnonzero(~self.flip))])
+                gallery = self.model.neck(self._frozen_feats[0, torch.from_numpy(np.flatnonzero(~self.flip))])
             gallery = gallery.float().cpu().numpy()[np.argsort(self.index[~self.flip], kind="stable")]
         else:
             gallery = self._embeddings(d.train_paths, d.train_boxes, size, "gallery embeddings")
@@ -217,17 +226,21 @@ class EmbedTrainer(Trainer):
         g = global_epoch(self.stages, pos)
         rng = np.random.default_rng([self.seed, g])
         torch.manual_seed(self.seed * 1_000_003 + g)
-        order = epoch_order(self.cls, rng, int(self.tcfg.get("per_class", 0)))
+        desc = f"{stage.size}px block {pos.block + 1}/{len(stage.blocks)} epoch {pos.epoch + 1}/{block.epochs}"
+        if block.freeze_branch and self._frozen_feats is None:
+            self._frozen_feats = self._item_features(stage.size)
+        # a frozen epoch covers every cached view of every item: flat index view * items + item
+        views = self._frozen_feats.shape[0] if block.freeze_branch else 1
+        order = epoch_order(np.tile(self.cls, views), rng, int(self.tcfg.get("per_class", 0)))
         if len(order) % block.batch == 1:
             order = order[:-1]
-        desc = f"{stage.size}px block {pos.block + 1}/{len(stage.blocks)} epoch {pos.epoch + 1}/{block.epochs}"
         if block.freeze_branch:
-            if self._frozen_feats is None:
-                self._frozen_feats = self._item_features(stage.size)
             return self._train_frozen_items(order, block.batch, pos, desc)
         return self._train_image_items(order, block.batch, stage.size, g, pos, desc)
 
     def _train_frozen_items(self, order: np.ndarray, batch: int, pos: Position, desc: str) -> float:
+        feats = self._frozen_feats.flatten(0, 1)
+        classes = np.tile(self.cls, self._frozen_feats.shape[0])
         self.model.branch.eval()
         self.model.neck.train()
         steps = max(1, math.ceil(len(order) / batch))
@@ -235,8 +248,8 @@ class EmbedTrainer(Trainer):
         for step, start in enumerate(tqdm(range(0, len(order), batch), desc=desc, leave=False, unit="batch")):
             self._set_lr(pos, pos.epoch + step / steps)
             idx = torch.from_numpy(order[start:start + batch])
-            y = torch.from_numpy(self.cls[idx.numpy()]).to(self.device)
-            loss = self._loss(self.model.neck(self._frozen_feats[idx.to(self.device)]), y)
+            y = torch.from_numpy(classes[idx.numpy()]).to(self.device)
+            loss = self._loss(self.model.neck(feats[idx.to(self.device)]), y)
             self._optimise(loss)
             total += float(loss.detach()) * len(y)
             n += len(y)

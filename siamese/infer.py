@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from data.datasets import ImageDataset, make_loader
@@ -33,15 +34,33 @@ def needs_grad_scaler(device: torch.device, enabled: bool = True) -> bool:
     return device.type == "cuda" and enabled and not torch.cuda.is_bf16_supported()
 
 
+class _View(Dataset):
+    """Item ``i`` is random training view number ``draw`` of image ``i`` (a pure function of seed, i, draw)."""
+
+    def __init__(self, images: ImageDataset, draw: int):
+        self.images, self.draw = images, draw
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images.get(index, draw=self.draw)
+
+
 @torch.no_grad()
 def compute_features(branch: torch.nn.Module, paths: Sequence[Path], boxes: Sequence, size: int, *,
                      channels: int = 3, batch: int = 64, device: torch.device | str = "cpu",
                      workers: int | None = None, max_megapixels: float = 60.0,
-                     amp: bool = True, desc: str = "features") -> np.ndarray:
-    """The branch over every image (test-time crop, margin 0.05), float32 ``[N, D]``, in input order."""
+                     amp: bool = True, desc: str = "features", view: int = 0, seed: int = 0,
+                     augment_strength: float = 1.0) -> np.ndarray:
+    """The branch over every image, float32 ``[N, D]``, in input order: the test-time crop (margin 0.05) when
+    ``view`` is 0, else random training view number ``view`` (training margin and augmentation at
+    ``augment_strength``, seeded by ``seed``, the view and the image's position)."""
     device = torch.device(device)
-    dataset = ImageDataset(list(paths), list(boxes), size, channels=channels, train=False,
-                           max_megapixels=max_megapixels)
+    dataset = ImageDataset(list(paths), list(boxes), size, channels=channels, train=view > 0, seed=seed,
+                           max_megapixels=max_megapixels, augment_strength=augment_strength)
+    if view > 0:
+        dataset = _View(dataset, view)
     loader = make_loader(dataset, batch, shuffle=False, workers=workers)
     was_training = branch.training
     branch.eval()

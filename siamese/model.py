@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from data.errors import InputError
-from siamese.branch import Branch, create_branch
+from siamese.branch import Branch, branch_shape, create_branch
 from siamese.head import HEAD_INITS, PairHead
 
 
@@ -45,7 +45,7 @@ def build_model(cfg: Mapping[str, Any]) -> SiameseModel:
     branch = create_branch(str(cfg["branch"]), in_chans=int(cfg.get("in_chans", 3)),
                            pool=str(cfg.get("pool", "max")), pretrained=bool(cfg.get("pretrained", False)),
                            weights=None if weights in (None, "") else weights,
-                           normalize=bool(cfg.get("normalize", False)))
+                           normalize=bool(cfg.get("normalize", False)), **branch_shape(cfg))
     init = str(cfg.get("head_init", "mean"))
     if init not in HEAD_INITS:
         raise InputError(None, f"model.head_init must be one of {', '.join(HEAD_INITS)}, not {init!r}")

@@ -92,18 +92,20 @@ class Trainer:
         self._frozen_feats: torch.Tensor | None = None
 
     # ---- features and scores -------------------------------------------------------------
-    def _features(self, paths, boxes, size: int, desc: str) -> np.ndarray:
-        """Branch features of every image; with several ranks each computes its rows and all get the whole."""
+    def _features(self, paths, boxes, size: int, desc: str, view: int = 0) -> np.ndarray:
+        """Branch features of every image (the test-time crop, or random training view ``view``); with several
+        ranks each computes its rows and all get the whole."""
         rows = self.shards.rows(len(paths))
         paths, boxes = list(paths)[rows], list(boxes)[rows]
-        return self.shards.gather_rows(self._local_features(paths, boxes, size, desc))
+        return self.shards.gather_rows(self._local_features(paths, boxes, size, desc, view))
 
-    def _local_features(self, paths, boxes, size: int, desc: str) -> np.ndarray:
+    def _local_features(self, paths, boxes, size: int, desc: str, view: int = 0) -> np.ndarray:
         return compute_features(self.model.branch, paths, boxes, size, channels=self.channels,
                                 batch=int(self.tcfg.get("feature_batch", 64)), device=self.device,
                                 workers=self.tcfg.get("workers"), amp=bool(self.tcfg.get("amp", True)),
                                 max_megapixels=float(self.cfg.get("data", {}).get("max_megapixels", 60)),
-                                desc=desc)
+                                desc=desc, view=view, seed=self.seed,
+                                augment_strength=float(self.tcfg.get("augment_strength", 1.0)))
 
     def _scores(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
         """The head over every query x gallery pair; with several ranks each scores its query rows."""

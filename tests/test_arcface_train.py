@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from data.catalog import load_catalog, read_folds
+from data.errors import InputError
 from data.folds import fold_split
 from matching.blend import load_matrix
 from matching.embed_runs import score_meta
@@ -125,7 +126,7 @@ def test_mirrored_items_are_the_flipped_photos_under_new_classes(tiny_catalog, t
     trainer = make_trainer(tiny_catalog, tmp_path)
     n = len(trainer.data.train_paths)
     assert trainer.model.margin.classes == 2 * len(set(trainer.data.train_labels))
-    feats = trainer._item_features(32).numpy()
+    feats = trainer._item_features(32)[0].numpy()  # view 0: the test-time crops
     plain, mirrored = feats[:n], feats[n:]
     assert not np.allclose(plain, mirrored)
     trainer.model.branch = Flipped(trainer.model.branch)
@@ -189,3 +190,30 @@ def test_neck_and_head_learn_at_a_multiple_of_the_branch_lr_after_warm_up(tiny_c
     assert branch_lr == pytest.approx(1e-3) and head_lr == pytest.approx(5 * 1e-3)
     trainer._set_lr(Position(0, 0, 0), 0.5)  # half-way through the warm-up of the first block
     assert trainer.optimizer.param_groups[0]["lr"] < 0.5 * 1e-3
+
+
+def test_frozen_views_are_cached_per_item_and_an_epoch_covers_them_all(tiny_catalog, tmp_path, monkeypatch):
+    cfg = yaml.safe_load(yaml.safe_dump(CFG))
+    cfg["model"]["mirror"] = False
+    cfg["train"]["frozen_views"] = 2
+    cfg["train"]["augment_strength"] = 1.0
+    trainer = make_trainer(tiny_catalog, tmp_path, cfg)
+    seen = []
+    original = EmbedTrainer._loss
+    monkeypatch.setattr(EmbedTrainer, "_loss", lambda self, e, y: seen.append(len(y)) or original(self, e, y))
+    trainer._start_stage(0)
+    trainer._run_epoch(Position(0, 0, 0))
+    feats = trainer._frozen_feats
+    items = len(trainer.cls)
+    assert feats.shape[:2] == (3, items)
+    assert not torch.allclose(feats[0], feats[1]) and not torch.allclose(feats[1], feats[2])
+    assert sum(seen) >= 3 * items - 1  # every view of every item (a final lone item may be dropped)
+    again = make_trainer(tiny_catalog, tmp_path / "again", cfg)
+    assert torch.equal(again._item_features(32), feats)  # the views are a function of the seed
+
+
+def test_negative_frozen_views_are_refused(tiny_catalog, tmp_path):
+    cfg = yaml.safe_load(yaml.safe_dump(CFG))
+    cfg["train"]["frozen_views"] = -1
+    with pytest.raises(InputError, match="frozen_views"):
+        make_trainer(tiny_catalog, tmp_path, cfg)._item_features(32)

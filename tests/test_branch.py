@@ -204,3 +204,44 @@ def test_normalize_gives_vectors_of_length_sqrt_d_in_the_same_direction():
         a, b = plain(x), normed(x)
     torch.testing.assert_close(b.norm(dim=1), torch.full((3,), plain.out_dim**0.5), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(torch.nn.functional.cosine_similarity(a, b), torch.ones(3), rtol=1e-5, atol=1e-5)
+
+
+def test_grid_pool_keeps_the_layout_of_cell_averages():
+    fmap = torch.arange(2 * 4 * 4, dtype=torch.float32).view(1, 2, 4, 4)
+    out = branch_module.GridPool(2)(fmap)
+    cells = [fmap[0, c, r:r + 2, k:k + 2].mean() for c in range(2) for r in (0, 2) for k in (0, 2)]
+    assert out.shape == (1, 8)
+    assert torch.allclose(out[0], torch.stack(cells))
+
+
+def test_truncated_branch_is_the_backbone_cut_after_its_stages_without_relu():
+    full = create_branch("efficientnet_lite0").eval()
+    cut = create_branch("efficientnet_lite0", blocks=6, pool="grid", grid=3).eval()
+    cut.load_state_dict({k: v for k, v in full.state_dict().items() if k in cut.state_dict()})
+    bb = full.backbone
+    x = _images(2, 3, 96)
+    with torch.no_grad():
+        maps = bb.blocks[:6](bb.bn1(bb.conv_stem(x)))
+        out = cut(x)
+    assert maps.shape[1] == 192 and cut.out_dim == 192 * 9 == out.shape[1]
+    assert torch.allclose(out, F.adaptive_avg_pool2d(maps, 3).flatten(1), atol=1e-5)
+    assert (out < 0).any()  # the block output is linear: no ReLU folds its sign away
+    assert "backbone.conv_head.weight" not in cut.state_dict()
+
+
+def test_bad_truncation_is_refused_with_one_clear_line():
+    with pytest.raises(InputError, match="branch_blocks must be in 1..7"):
+        create_branch("efficientnet_lite0", blocks=9)
+    with pytest.raises(InputError, match="EfficientNet/MobileNet-style"):
+        create_branch("resnet18", blocks=2)
+    with pytest.raises(InputError, match="grid must be"):
+        create_branch("resnet18", pool="grid", grid=0)
+
+
+@needs_lite0
+def test_truncated_pretrained_branch_takes_the_weights_before_the_cut(monkeypatch):
+    monkeypatch.setattr(branch_module, "hub_reachable", lambda *_: False)
+    full = create_branch("efficientnet_lite0", pretrained=True)
+    cut = create_branch("efficientnet_lite0", pretrained=True, blocks=4)
+    for k, v in cut.state_dict().items():
+        assert torch.equal(v, full.state_dict()[k]), k
