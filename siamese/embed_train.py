@@ -128,6 +128,9 @@ class EmbedTrainer(Trainer):
         scoring = str(cfg.get("score", {}).get("scoring", "image"))
         if scoring not in SCORINGS:
             raise InputError(None, f"score.scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}")
+        self.frozen_views = int(self.tcfg.get("frozen_views", 0))
+        if self.frozen_views < 0:
+            raise InputError(None, f"train.frozen_views must be >= 0, not {self.frozen_views}")
 
     @classmethod
     def create(cls, cfg: dict, data: FoldData, run_dir: Path, device: torch.device,
@@ -177,10 +180,7 @@ class EmbedTrainer(Trainer):
     def _item_features(self, size: int) -> torch.Tensor:
         """Branch features of every item for a frozen block, ``[1 + frozen_views, items, D]``: the test-time crop,
         then ``train.frozen_views`` random training views (mirrored items through a flip)."""
-        views = int(self.tcfg.get("frozen_views", 0))
-        if views < 0:
-            raise InputError(None, f"train.frozen_views must be >= 0, not {views}")
-        return torch.stack([self._item_view(size, v) for v in range(views + 1)])
+        return torch.stack([self._item_view(size, v) for v in range(self.frozen_views + 1)])
 
     def _item_view(self, size: int, view: int) -> torch.Tensor:
         d = self.data
@@ -230,17 +230,18 @@ class EmbedTrainer(Trainer):
         if block.freeze_branch and self._frozen_feats is None:
             self._frozen_feats = self._item_features(stage.size)
         # a frozen epoch covers every cached view of every item: flat index view * items + item
-        views = self._frozen_feats.shape[0] if block.freeze_branch else 1
-        order = epoch_order(np.tile(self.cls, views), rng, int(self.tcfg.get("per_class", 0)))
+        classes = np.tile(self.cls, self._frozen_feats.shape[0]) if block.freeze_branch else self.cls
+        order = epoch_order(classes, rng, int(self.tcfg.get("per_class", 0)))
         if len(order) % block.batch == 1:
             order = order[:-1]
         if block.freeze_branch:
-            return self._train_frozen_items(order, block.batch, pos, desc)
+            return self._train_frozen_items(order, classes, block.batch, pos, desc)
         return self._train_image_items(order, block.batch, stage.size, g, pos, desc)
 
-    def _train_frozen_items(self, order: np.ndarray, batch: int, pos: Position, desc: str) -> float:
+    def _train_frozen_items(self, order: np.ndarray, classes: np.ndarray, batch: int, pos: Position,
+                            desc: str) -> float:
+        """One epoch of neck and head on the cached features; ``order`` and ``classes`` index the flat views."""
         feats = self._frozen_feats.flatten(0, 1)
-        classes = np.tile(self.cls, self._frozen_feats.shape[0])
         self.model.branch.eval()
         self.model.neck.train()
         steps = max(1, math.ceil(len(order) / batch))
