@@ -161,13 +161,14 @@ def load_image(path: str | Path, *, channels: int = 3, max_megapixels: float = 6
 def load_crop(
     path: str | Path,
     box: Box | None,
-    size: int,
+    size: int | tuple[int, int],
     *,
     channels: int = 3,
     margin: float = TEST_MARGIN,
     max_megapixels: float = 60.0,
 ) -> np.ndarray:
-    """The :func:`crop_window` of ``box`` (upright original pixels) squashed to uint8 ``[size, size, C]``."""
+    """The :func:`crop_window` of ``box`` (upright original pixels) squashed to uint8 ``[size, size, C]``, or to
+    ``[height, width, C]`` when ``size`` is ``(width, height)``."""
     _check_channels(channels)
     path = Path(path)
     header = _open_header(path, max_megapixels)
@@ -177,13 +178,14 @@ def load_crop(
     except ValueError as err:
         raise InputError(path, str(err)) from None
     jpeg = str(header.get("vips-loader")).startswith("jpegload")
-    image = _decode(path, jpeg_shrink(window, size) if jpeg else 1)
+    width_out, height_out = (size, size) if isinstance(size, int) else size
+    image = _decode(path, jpeg_shrink(window, min(width_out, height_out)) if jpeg else 1)
     sx, sy = image.width / width, image.height / height
     left, top = min(int(window[0] * sx), image.width - 1), min(int(window[1] * sy), image.height - 1)
     right = min(max(math.ceil(window[2] * sx), left + 1), image.width)
     bottom = min(max(math.ceil(window[3] * sy), top + 1), image.height)
     region = _to_channels(image.crop(left, top, right - left, bottom - top), channels, path)
-    resized = region.resize(size / region.width, vscale=size / region.height)
+    resized = region.resize(width_out / region.width, vscale=height_out / region.height)
     return _pixels(resized, path)
 
 

@@ -15,6 +15,10 @@ Embedding runs (model.family: arcface) give cosine matrices mapped to probabilit
 each fold's out-of-fold matrix (fold<k>_calibration.csv). --meta NAME also scores the concatenated
 embeddings of every embedding model of each fold as one more model, scores/NAME:
   python scripts/score_matrix.py --meta arcface_meta
+
+Keypoint matching (SIFT + homography inliers, no training) adds the model scores/keypoints/{test,oof}.npz when
+a run's config enables it (keypoints.enabled, as configs/demo.yaml does) or with --keypoints on; its settings
+come from that config's keypoints section. --keypoints on with no trained runs scores with keypoints alone.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from data.catalog import load_catalog, read_folds
 from data.errors import InputError
 from matching.distributed import from_env, local_device
 from matching.embed_runs import score_meta_embeddings
+from matching.keypoint_scores import keypoint_settings, score_keypoints, validation_images
 from matching.pipeline import combine_folds, discover_runs, score_run
 from siamese.infer import pick_device
 
@@ -40,11 +45,15 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=64, help="images per feature batch (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
     p.add_argument("--meta", metavar="NAME", help="also score the meta-embedding of the embedding models as NAME")
+    p.add_argument("--keypoints", choices=("auto", "on", "off"), default="auto",
+                   help="keypoint matching (scores/keypoints): auto = when a run's config enables it "
+                        "(default: %(default)s)")
     args = p.parse_args()
     runs_dir = args.runs or args.work_dir / "runs"
     runs = discover_runs(runs_dir, args.models)
-    if not runs:
+    if not runs and args.keypoints != "on":
         raise InputError(runs_dir, "no trained runs (runs/<model>/fold<k>/config.yaml with the last stage's best.pt)")
+    keypoints = keypoint_settings(runs, args.keypoints)
     catalog = load_catalog(args.data_dir, need_test=True)
     folds_path = args.data_dir / "folds.csv"
     folds = read_folds(folds_path) if folds_path.is_file() else None
@@ -71,6 +80,13 @@ def main() -> int:
         for model in models:
             for path in combine_folds(args.work_dir / "scores" / model):
                 print(f"  wrote {path}")
+        if keypoints is not None:
+            kp_start = time.perf_counter()
+            val = validation_images(folds, runs)
+            print(f"keypoint matching: {len(val or [])} out-of-fold queries, {len(catalog.test_images)} test queries")
+            for path in score_keypoints(catalog, val, args.work_dir, keypoints):
+                print(f"  wrote {path}")
+            print(f"  keypoint matching took {time.perf_counter() - kp_start:.0f} s")
     shards.barrier()
     say(f"done in {time.perf_counter() - start:.0f} s" + (f" on {shards.world} processes" if shards.world > 1 else ""))
     return 0

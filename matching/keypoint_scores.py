@@ -1,0 +1,127 @@
+"""The keypoint matcher as a model of the blend: ``scores/keypoints/{test,oof}.npz`` from homography inlier counts.
+
+It is not trained, so there are no folds: one test x catalog matrix and one out-of-fold matrix whose rows are the
+validation images of the folds (each scored against the whole catalog but itself). Inlier counts n become
+probabilities by a logistic on sqrt(n) fitted on the out-of-fold matrix (``calibration.csv``), as the embedding
+family's cosines are, so that the blend weighs comparable numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data.io import write_csv
+from matching.blend import ScoreMatrix, save_matrix
+from matching.embed_scores import Logistic, fit_logistic, same_whale
+from matching.keypoints import Keypoints, KeypointSettings, cached_keypoints, inlier_matrix
+from matching.pipeline import NEW_WHALE, mask_self
+
+MODEL = "keypoints"
+FALLBACK_HALF = 10.0  # without an out-of-fold matrix: p = n / (n + FALLBACK_HALF)
+
+
+def _subset(source: Keypoints, names: Sequence[str]) -> tuple[list[str], Keypoints]:
+    """The images of ``names`` already in ``source`` (no second extraction), and the names still missing."""
+    index = {str(n): i for i, n in enumerate(source.names)}
+    missing = [n for n in names if n not in index]
+    have = [n for n in names if n in index]
+    return missing, Keypoints.from_lists(have, [source.image(index[n]) for n in have])
+
+
+def _join(parts: Sequence[Keypoints], names: Sequence[str]) -> Keypoints:
+    """Images of several sets, in the order of ``names``."""
+    found = {}
+    for kp in parts:
+        for i, n in enumerate(kp.names):
+            found[str(n)] = kp.image(i)
+    return Keypoints.from_lists(names, [found[n] for n in names])
+
+
+def calibrate(oof_inliers: np.ndarray, query_labels: Sequence[str], gallery_labels: Sequence[str],
+              keep: np.ndarray) -> Logistic:
+    """Logistic of same-whale on sqrt(inliers) over the kept out-of-fold pairs."""
+    positive = same_whale(query_labels, gallery_labels)
+    return fit_logistic(np.sqrt(oof_inliers[keep]), positive[keep])
+
+
+def to_probability(inliers: np.ndarray, calib: Logistic | None) -> np.ndarray:
+    if calib is None:
+        return (inliers / (inliers + FALLBACK_HALF)).astype(np.float32)
+    return calib(np.sqrt(inliers))
+
+
+def score_keypoints(catalog, val_names: Sequence[str] | None, work_dir: Path, s: KeypointSettings, *,
+                    max_megapixels: float = 60.0, log=print) -> list[Path]:
+    """Write ``<work_dir>/scores/keypoints/test.npz`` (and ``oof.npz`` + ``calibration.csv`` given validation
+    images); keypoints are cached under ``<work_dir>/features/keypoints/``."""
+    feat_dir = Path(work_dir) / "features" / MODEL
+    out_dir = Path(work_dir) / "scores" / MODEL
+    known_df = catalog.train[catalog.train["Id"] != NEW_WHALE]
+    known, labels = known_df["Image"].tolist(), known_df["Id"].tolist()
+    truth = dict(zip(catalog.train["Image"], catalog.train["Id"]))
+
+    def keypoints_of(names, path_of, part):
+        return cached_keypoints(feat_dir / f"{part}.npz", [path_of(n) for n in names],
+                                [catalog.box(n) for n in names], names, s, max_megapixels=max_megapixels,
+                                desc=f"keypoints {part}")
+
+    gallery = keypoints_of(known, catalog.train_path, "catalog")
+    gallery_names = np.asarray(known, dtype=str)
+    calib = None
+    written = []
+    oof = None
+    if val_names:
+        val_names = [str(n) for n in val_names]
+        missing, have = _subset(gallery, val_names)
+        extra = keypoints_of(missing, catalog.train_path, "oof_extra")
+        query = _join([have, extra], val_names)
+        inliers = inlier_matrix(query, gallery, s, desc="keypoints oof")
+        keep = np.ones(inliers.shape, bool)
+        column = {n: j for j, n in enumerate(known)}
+        for i, n in enumerate(val_names):
+            if n in column:
+                keep[i, column[n]] = False
+        calib = calibrate(inliers, [truth[n] for n in val_names], labels, keep)
+        write_csv(pd.DataFrame([{"a": calib.a, "b": calib.b, "on": "sqrt(inliers)", "pairs": int(keep.sum())}]),
+                  out_dir / "calibration.csv")
+        oof = mask_self(ScoreMatrix(to_probability(inliers, calib), np.asarray(val_names, dtype=str), gallery_names))
+    else:
+        log(f"  note: no out-of-fold matrix to calibrate the keypoint scores on; p = n / (n + {FALLBACK_HALF:g})")
+    if catalog.test_images:
+        test = keypoints_of(catalog.test_images, catalog.test_path, "test")
+        inliers = inlier_matrix(test, gallery, s, exclude_self=False, desc="keypoints test")
+        matrix = ScoreMatrix(to_probability(inliers, calib), np.asarray(catalog.test_images, dtype=str),
+                             gallery_names)
+        written.append(save_matrix(out_dir / "test.npz", matrix))
+    if oof is not None:
+        written.append(save_matrix(out_dir / "oof.npz", oof))
+        written.append(out_dir / "calibration.csv")
+    return written
+
+
+def keypoint_settings(runs: Sequence, switch: str = "auto") -> KeypointSettings | None:
+    """The settings of the first run whose config enables keypoint matching (``switch`` auto), of the first run
+    with a ``keypoints`` section or the defaults (on), or None (off, or auto with no run enabling it)."""
+    if switch not in ("auto", "on", "off"):
+        raise ValueError(f"switch must be auto, on or off, not {switch!r}")
+    if switch == "off":
+        return None
+    sections = [(run, run.config.get(MODEL)) for run in runs if run.config.get(MODEL) is not None]
+    for run, section in sections:
+        s = KeypointSettings.from_config(section, str(run.run_dir / "config.yaml"))
+        if s.enabled or switch == "on":
+            return s
+    return KeypointSettings() if switch == "on" else None
+
+
+def validation_images(folds: pd.DataFrame | None, runs: Sequence) -> list[str] | None:
+    """The out-of-fold queries: validation images of the runs' folds (of every fold when there are no runs)."""
+    if folds is None:
+        return None
+    wanted = {run.fold for run in runs}
+    rows = folds["fold"].isin(wanted) if wanted else folds["fold"] >= 0
+    return folds.loc[rows, "Image"].tolist() or None

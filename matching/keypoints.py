@@ -1,0 +1,198 @@
+"""Keypoint matching with geometric verification: how many local features of two fluke crops agree on one
+homography (the approach of HotSpotter and other photo-ID tools, here as one more score matrix to blend).
+
+A fluke seen from behind is close to a plane, so two photos of the same individual are related by a homography
+however the animal was posed; the pattern of white patches, spots and scars gives SIFT keypoints that survive
+lighting changes. Per pair: descriptors matched by Lowe's ratio test, a robust homography fitted to the matches
+(OpenCV's MAGSAC++), and the number of inliers as the score. Needs no training, so whales known from one
+photo are matched as well as the rest.
+
+Speed: for one query all catalog descriptors are compared in chunked matrix products, each catalog keypoint
+keeping its two nearest query keypoints (the ratio test run from the catalog side, which needs no per-image
+bookkeeping); only catalog images with ``min_matches`` ratio-test matches go to the homography fit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.errors import InputError
+from data.images import ASPECT, TEST_MARGIN, load_crop
+from data.io import load_npz, save_npz
+
+DESCRIPTOR_DIM = 128
+
+
+@dataclass(frozen=True)
+class KeypointSettings:
+    """The ``keypoints:`` section of a config (every key optional)."""
+
+    enabled: bool = False
+    width: int = 256  # crop width in pixels; the height follows the crop's 2.15:1 window
+    max_keypoints: int = 500  # the strongest SIFT keypoints kept per image
+    clahe: float = 2.0  # CLAHE clip limit on the grey crop (0: off)
+    ratio: float = 0.8  # Lowe's ratio test
+    min_matches: int = 6  # fewer ratio-test matches: score 0 without a homography fit
+    ransac_px: float = 5.0  # inlier distance of the homography fit, in pixels of the crop
+    margin: float = TEST_MARGIN
+    chunk: int = 2048  # catalog keypoints per matrix product
+
+    @classmethod
+    def from_config(cls, section: dict | None, source: str | None = None) -> KeypointSettings:
+        section = dict(section or {})
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(section) - set(known))
+        if unknown:
+            raise InputError(source, f"keypoints: unknown setting(s) {', '.join(unknown)}")
+        s = cls(**section)
+        checks = [(s.width >= 32, "width must be at least 32"), (s.max_keypoints >= 4, "max_keypoints must be >= 4"),
+                  (s.clahe >= 0, "clahe must be >= 0"), (0 < s.ratio <= 1, "ratio must be in (0, 1]"),
+                  (s.min_matches >= 4, "min_matches must be >= 4 (a homography needs 4 points)"),
+                  (s.ransac_px > 0, "ransac_px must be > 0"), (s.margin >= 0, "margin must be >= 0"),
+                  (s.chunk >= 1, "chunk must be >= 1")]
+        for ok, problem in checks:
+            if not ok:
+                raise InputError(source, f"keypoints: {problem}")
+        return s
+
+    def key(self) -> str:
+        """What the extracted keypoints depend on (the cache key)."""
+        d = asdict(self)
+        return json.dumps({k: d[k] for k in ("width", "max_keypoints", "clahe", "margin")}, sort_keys=True)
+
+
+@dataclass
+class Keypoints:
+    """Keypoints of a list of images, concatenated: image ``i`` owns rows ``offsets[i]:offsets[i + 1]``."""
+
+    names: np.ndarray  # [N] str
+    offsets: np.ndarray  # [N + 1] int64
+    points: np.ndarray  # [K, 2] float32, (x, y) in crop pixels
+    descriptors: np.ndarray  # [K, 128] float32, unit length
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def image(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+        return self.points[rows], self.descriptors[rows]
+
+    def owner(self) -> np.ndarray:
+        """[K] the image index of every keypoint."""
+        return np.repeat(np.arange(len(self.names)), np.diff(self.offsets))
+
+    @classmethod
+    def from_lists(cls, names: Sequence[str], parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> Keypoints:
+        counts = [len(p) for p, _ in parts]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        points = np.concatenate([p for p, _ in parts]) if parts else np.zeros((0, 2))
+        desc = np.concatenate([d for _, d in parts]) if parts else np.zeros((0, DESCRIPTOR_DIM))
+        return cls(np.asarray(names, dtype=str), offsets, points.astype(np.float32).reshape(-1, 2),
+                   desc.astype(np.float32).reshape(-1, DESCRIPTOR_DIM))
+
+
+def crop_size(s: KeypointSettings) -> tuple[int, int]:
+    """(width, height) of the grey crop keypoints are found in."""
+    return s.width, max(16, round(s.width / ASPECT))
+
+
+def detect(gray: np.ndarray, s: KeypointSettings) -> tuple[np.ndarray, np.ndarray]:
+    """SIFT keypoints of a uint8 grey crop: ``[K, 2]`` positions and ``[K, 128]`` unit-length descriptors."""
+    gray = np.ascontiguousarray(gray)
+    if s.clahe > 0:
+        gray = cv2.createCLAHE(clipLimit=s.clahe, tileGridSize=(4, 4)).apply(gray)
+    kps, desc = cv2.SIFT_create(nfeatures=s.max_keypoints).detectAndCompute(gray, None)
+    if desc is None or not kps:
+        return np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_DIM), np.float32)
+    desc = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-7)
+    return np.float32([k.pt for k in kps]), desc.astype(np.float32)
+
+
+def extract(paths: Sequence[Path], boxes: Sequence, names: Sequence[str], s: KeypointSettings, *,
+            max_megapixels: float = 60.0, desc: str = "keypoints") -> Keypoints:
+    """Keypoints of every image's test-time crop (its box with ``s.margin``, the whole image without a box)."""
+    size = crop_size(s)
+    parts = []
+    for path, box in tqdm(list(zip(paths, boxes)), desc=desc, unit="img", leave=False):
+        crop = load_crop(path, box, size, channels=1, margin=s.margin, max_megapixels=max_megapixels)
+        parts.append(detect(crop[:, :, 0], s))
+    return Keypoints.from_lists(names, parts)
+
+
+def cached_keypoints(cache: Path, paths: Sequence[Path], boxes: Sequence, names: Sequence[str],
+                     s: KeypointSettings, **kwargs) -> Keypoints:
+    """:func:`extract`, reused from ``cache`` (``.npz``) when it holds the same images and settings."""
+    names = np.asarray(names, dtype=str)
+    if cache.is_file():
+        stored = load_npz(cache)
+        if str(stored["key"]) == s.key() and np.array_equal(stored["names"], names):
+            return Keypoints(stored["names"], stored["offsets"], stored["points"], stored["descriptors"])
+    kp = extract(paths, boxes, names, s, **kwargs)
+    save_npz(cache, names=kp.names, offsets=kp.offsets, points=kp.points, descriptors=kp.descriptors,
+             key=np.asarray(s.key()))
+    return kp
+
+
+def ratio_matches(query_desc: torch.Tensor, gallery_desc: torch.Tensor, ratio: float, chunk: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """For every gallery keypoint its nearest query keypoint and whether it passes the ratio test
+    (nearest distance < ``ratio`` x second nearest); no pass when the query has fewer than 2 keypoints."""
+    n = gallery_desc.shape[0]
+    nearest = np.zeros(n, np.int64)
+    good = np.zeros(n, bool)
+    if query_desc.shape[0] < 2 or n == 0:
+        return nearest, good
+    qt = query_desc.T.contiguous()
+    for start in range(0, n, chunk):
+        sims = gallery_desc[start:start + chunk] @ qt
+        top, idx = sims.topk(2, dim=1)
+        dist = (2.0 - 2.0 * top).clamp_min(0).sqrt()
+        nearest[start:start + len(idx)] = idx[:, 0].numpy()
+        good[start:start + len(idx)] = (dist[:, 0] < ratio * dist[:, 1]).numpy()
+    return nearest, good
+
+
+def homography_inliers(src: np.ndarray, dst: np.ndarray, px: float) -> int:
+    """Inliers of a MAGSAC++ homography from ``src`` to ``dst`` point matches (0 when no fit)."""
+    if len(src) < 4:
+        return 0
+    _, mask = cv2.findHomography(src.astype(np.float32), dst.astype(np.float32), cv2.USAC_MAGSAC, px)
+    return 0 if mask is None else int(mask.sum())
+
+
+def inlier_row(points: np.ndarray, desc: np.ndarray, gallery: Keypoints, owner: np.ndarray,
+               gallery_desc: torch.Tensor, s: KeypointSettings, skip: int | None = None) -> np.ndarray:
+    """[G] inlier counts of one query image against every gallery image (``skip``: a column left at 0)."""
+    out = np.zeros(len(gallery), np.float32)
+    nearest, good = ratio_matches(torch.from_numpy(desc), gallery_desc, s.ratio, s.chunk)
+    rows = np.flatnonzero(good)
+    counts = np.bincount(owner[rows], minlength=len(gallery))
+    if skip is not None:
+        counts[skip] = 0
+    starts = np.searchsorted(owner[rows], np.arange(len(gallery) + 1))  # owner is sorted, so rows are too
+    for j in np.flatnonzero(counts >= s.min_matches):
+        pair = rows[starts[j]:starts[j + 1]]
+        out[j] = homography_inliers(points[nearest[pair]], gallery.points[pair], s.ransac_px)
+    return out
+
+
+def inlier_matrix(query: Keypoints, gallery: Keypoints, s: KeypointSettings, *, exclude_self: bool = True,
+                  desc: str = "matching") -> np.ndarray:
+    """[Q, G] homography inlier counts of every query x gallery pair; with ``exclude_self`` a query is not
+    scored against the gallery image of the same name (that entry stays 0)."""
+    owner = gallery.owner()
+    gallery_desc = torch.from_numpy(gallery.descriptors)
+    column = {str(name): j for j, name in enumerate(gallery.names)} if exclude_self else {}
+    out = np.zeros((len(query), len(gallery)), np.float32)
+    for i in tqdm(range(len(query)), desc=desc, unit="query", leave=False):
+        points, d = query.image(i)
+        out[i] = inlier_row(points, d, gallery, owner, gallery_desc, s, column.get(str(query.names[i])))
+    return out
