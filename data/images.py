@@ -161,14 +161,14 @@ def load_image(path: str | Path, *, channels: int = 3, max_megapixels: float = 6
 def load_crop(
     path: str | Path,
     box: Box | None,
-    size: int | tuple[int, int],
+    size: int | tuple[int, int | None],
     *,
     channels: int = 3,
     margin: float = TEST_MARGIN,
     max_megapixels: float = 60.0,
 ) -> np.ndarray:
     """The :func:`crop_window` of ``box`` (upright original pixels) squashed to uint8 ``[size, size, C]``, or to
-    ``[height, width, C]`` when ``size`` is ``(width, height)``."""
+    ``[height, width, C]`` when ``size`` is ``(width, height)``; ``(width, None)`` keeps the window's aspect."""
     _check_channels(channels)
     path = Path(path)
     header = _open_header(path, max_megapixels)
@@ -179,6 +179,8 @@ def load_crop(
         raise InputError(path, str(err)) from None
     jpeg = str(header.get("vips-loader")).startswith("jpegload")
     width_out, height_out = (size, size) if isinstance(size, int) else size
+    if height_out is None:
+        height_out = max(1, round(width_out * (window[3] - window[1]) / (window[2] - window[0])))
     image = _decode(path, jpeg_shrink(window, min(width_out, height_out)) if jpeg else 1)
     sx, sy = image.width / width, image.height / height
     left, top = min(int(window[0] * sx), image.width - 1), min(int(window[1] * sy), image.height - 1)

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from data.errors import InputError
-from data.images import ASPECT, TEST_MARGIN, load_crop
+from data.images import TEST_MARGIN, load_crop
 from data.io import load_npz, save_npz
 
 DESCRIPTOR_DIM = 128
@@ -36,14 +36,14 @@ class KeypointSettings:
     """The ``keypoints:`` section of a config (every key optional)."""
 
     enabled: bool = False
-    width: int = 256  # crop width in pixels; the height follows the crop's 2.15:1 window
-    max_keypoints: int = 500  # the strongest SIFT keypoints kept per image
+    width: int = 256  # crop width in pixels; the height keeps the crop window's aspect (2.15:1 around a box)
+    max_keypoints: int = 300  # the strongest SIFT keypoints kept per image
     clahe: float = 2.0  # CLAHE clip limit on the grey crop (0: off)
     ratio: float = 0.8  # Lowe's ratio test
-    min_matches: int = 6  # fewer ratio-test matches: score 0 without a homography fit
+    min_matches: int = 8  # fewer ratio-test matches: score 0 without a homography fit
     ransac_px: float = 5.0  # inlier distance of the homography fit, in pixels of the crop
     margin: float = TEST_MARGIN
-    chunk: int = 2048  # catalog keypoints per matrix product
+    chunk: int = 1024  # catalog keypoints per matrix product
 
     @classmethod
     def from_config(cls, section: dict | None, source: str | None = None) -> KeypointSettings:
@@ -99,11 +99,6 @@ class Keypoints:
                    desc.astype(np.float32).reshape(-1, DESCRIPTOR_DIM))
 
 
-def crop_size(s: KeypointSettings) -> tuple[int, int]:
-    """(width, height) of the grey crop keypoints are found in."""
-    return s.width, max(16, round(s.width / ASPECT))
-
-
 def detect(gray: np.ndarray, s: KeypointSettings) -> tuple[np.ndarray, np.ndarray]:
     """SIFT keypoints of a uint8 grey crop: ``[K, 2]`` positions and ``[K, 128]`` unit-length descriptors."""
     gray = np.ascontiguousarray(gray)
@@ -119,7 +114,7 @@ def detect(gray: np.ndarray, s: KeypointSettings) -> tuple[np.ndarray, np.ndarra
 def extract(paths: Sequence[Path], boxes: Sequence, names: Sequence[str], s: KeypointSettings, *,
             max_megapixels: float = 60.0, desc: str = "keypoints") -> Keypoints:
     """Keypoints of every image's test-time crop (its box with ``s.margin``, the whole image without a box)."""
-    size = crop_size(s)
+    size = (s.width, None)  # the window's own aspect: 2.15:1 around a box, the photo's without one
     parts = []
     for path, box in tqdm(list(zip(paths, boxes)), desc=desc, unit="img", leave=False):
         crop = load_crop(path, box, size, channels=1, margin=s.margin, max_megapixels=max_megapixels)

@@ -128,6 +128,11 @@ def test_exif_rotated_jpeg_comes_out_upright(tmp_path, orientation):
     x0, y0, x1, y1 = (round(v) for v in crop_window(100, 60, box, 0.05))
     expected = cv2.resize(upright[y0:y1, x0:x1], (16, 16), interpolation=cv2.INTER_AREA)
     assert np.abs(load_crop(path, box, 16).astype(int) - expected).mean() < 6
+    wide = cv2.resize(upright[y0:y1, x0:x1], (24, 10), interpolation=cv2.INTER_AREA)
+    assert load_crop(path, box, (24, 10)).shape == (10, 24, 3)
+    assert np.abs(load_crop(path, box, (24, 10)).astype(int) - wide).mean() < 6
+    assert load_crop(path, box, (43, None)).shape == (20, 43, 3)  # keeps the 2.15:1 window
+    assert load_crop(path, None, (50, None), channels=1).shape == (30, 50, 1)  # the whole 100 x 60 photo
 
 
 @pytest.mark.parametrize("name", ["cut.jpg", "cut.png"])
