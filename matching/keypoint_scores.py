@@ -25,7 +25,7 @@ FALLBACK_HALF = 10.0  # without an out-of-fold matrix: p = n / (n + FALLBACK_HAL
 
 
 def _subset(source: Keypoints, names: Sequence[str]) -> tuple[list[str], Keypoints]:
-    """The images of ``names`` already in ``source`` (no second extraction), and the names still missing."""
+    """The names not in ``source``, and the keypoints of those that are (no second extraction)."""
     index = {str(n): i for i, n in enumerate(source.names)}
     missing = [n for n in names if n not in index]
     have = [n for n in names if n in index]

@@ -107,8 +107,9 @@ def detect(gray: np.ndarray, s: KeypointSettings) -> tuple[np.ndarray, np.ndarra
     kps, desc = cv2.SIFT_create(nfeatures=s.max_keypoints).detectAndCompute(gray, None)
     if desc is None or not kps:
         return np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_DIM), np.float32)
-    desc = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-7)
-    return np.float32([k.pt for k in kps]), desc.astype(np.float32)
+    keep = np.argsort([-k.response for k in kps], kind="stable")[:s.max_keypoints]  # SIFT keeps ties past the cap
+    desc = desc[keep] / np.maximum(np.linalg.norm(desc[keep], axis=1, keepdims=True), 1e-7)
+    return np.float32([kps[i].pt for i in keep]), desc.astype(np.float32)
 
 
 def extract(paths: Sequence[Path], boxes: Sequence, names: Sequence[str], s: KeypointSettings, *,
