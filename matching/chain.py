@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from data.errors import InputError
+from matching.keypoint_scores import keypoint_scores_done
 
 DEFAULT_N_FOLDS = 4
 
@@ -74,7 +75,7 @@ def build_steps(config: Path, cfg: Mapping, data: Path, work: Path) -> list[Step
                           lambda k=k: _run_complete(work / "runs" / model / f"fold{k}")))
     steps.append(Step("score matrices", "score_matrix.py", [*common, "--models", model],
                       lambda: all((scores / f"fold{k}_{p}.npz").is_file() for k in folds for p in ("test", "oof"))
-                      and (scores / "test.npz").is_file()))
+                      and (scores / "test.npz").is_file() and keypoint_scores_done(cfg, work)))
     steps.append(Step("ensemble", "final_ensemble.py", common))
     if (data / "truth.csv").is_file():
         steps.append(Step("evaluation", "evaluate.py",

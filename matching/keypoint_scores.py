@@ -125,3 +125,10 @@ def validation_images(folds: pd.DataFrame | None, runs: Sequence) -> list[str] |
     wanted = {run.fold for run in runs}
     rows = folds["fold"].isin(wanted) if wanted else folds["fold"] >= 0
     return folds.loc[rows, "Image"].tolist() or None
+
+
+def keypoint_scores_done(cfg: dict, work_dir: Path) -> bool:
+    """True unless ``cfg`` enables keypoint matching and ``<work_dir>/scores/keypoints/test.npz`` is missing (the
+    reuse test of the score step in scripts/demo.py and scripts/run_chain.py)."""
+    enabled = bool((cfg.get(MODEL) or {}).get("enabled", False))
+    return not enabled or (Path(work_dir) / "scores" / MODEL / "test.npz").is_file()

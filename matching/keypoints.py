@@ -142,18 +142,18 @@ def ratio_matches(query_desc: torch.Tensor, gallery_desc: torch.Tensor, ratio: f
     """For every gallery keypoint its nearest query keypoint and whether it passes the ratio test
     (nearest distance < ``ratio`` x second nearest); no pass when the query has fewer than 2 keypoints."""
     n = gallery_desc.shape[0]
-    nearest = np.zeros(n, np.int64)
-    good = np.zeros(n, bool)
     if query_desc.shape[0] < 2 or n == 0:
-        return nearest, good
+        return np.zeros(n, np.int64), np.zeros(n, bool)
     qt = query_desc.T.contiguous()
+    top = torch.empty(n, 2, dtype=gallery_desc.dtype)
+    idx = torch.empty(n, 2, dtype=torch.long)
     for start in range(0, n, chunk):
-        sims = gallery_desc[start:start + chunk] @ qt
-        top, idx = sims.topk(2, dim=1)
-        dist = (2.0 - 2.0 * top).clamp_min(0).sqrt()
-        nearest[start:start + len(idx)] = idx[:, 0].numpy()
-        good[start:start + len(idx)] = (dist[:, 0] < ratio * dist[:, 1]).numpy()
-    return nearest, good
+        rows = slice(start, start + chunk)
+        torch.topk(gallery_desc[rows] @ qt, 2, dim=1, out=(top[rows], idx[rows]))
+    # unit vectors: squared distance 2 - 2 cos; d1 < ratio * d2 compared squared
+    squared = (2.0 - 2.0 * top).clamp_min(0)
+    good = squared[:, 0] < ratio**2 * squared[:, 1]
+    return idx[:, 0].numpy().copy(), good.numpy()
 
 
 def homography_inliers(src: np.ndarray, dst: np.ndarray, px: float) -> int:

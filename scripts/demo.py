@@ -40,8 +40,10 @@ def main() -> int:
             if folder.exists():
                 shutil.rmtree(folder)
     from data.config import load_config
+    from matching.keypoint_scores import keypoint_scores_done
 
-    model = load_config(args.config)["model"]["name"]
+    config = load_config(args.config)
+    model = config["model"]["name"]
     steps: list[tuple[str, Callable[[], bool], list[str]]] = [
         ("synthetic catalog", lambda: (data / "train.csv").is_file(),
          ["make_synthetic.py", "--out", str(data), "--seed", str(args.seed)]),
@@ -56,7 +58,8 @@ def main() -> int:
                       ["train_fold.py", str(k), "--data-dir", str(data), "--work-dir", str(work),
                        "--config", str(args.config), "--resume"]))
     steps += [
-        ("score matrices", lambda: (work / "scores" / model / "test.npz").is_file(),
+        ("score matrices",
+         lambda: (work / "scores" / model / "test.npz").is_file() and keypoint_scores_done(config, work),
          ["score_matrix.py", "--data-dir", str(data), "--work-dir", str(work), "--models", model]),
         ("ensemble", lambda: False, ["final_ensemble.py", "--data-dir", str(data), "--work-dir", str(work)]),
         ("review page", lambda: False, ["report.py", "--data-dir", str(data), "--work-dir", str(work)]),

@@ -87,6 +87,12 @@ def test_steps_are_reused_only_when_their_outputs_exist(tmp_path):
     (scores / "fold1_oof.npz").write_bytes(b"")
     assert steps["score matrices"].done()
     assert not steps["ensemble"].done()  # always redone: cheap, and it reads the score matrices
+    with_keypoints = _cfg([0, 1]) | {"keypoints": {"enabled": True}}
+    step = {s.name: s for s in build_steps(tmp_path / "c.yaml", with_keypoints, data, work)}["score matrices"]
+    assert not step.done()  # the config enables keypoint matching and scores/keypoints/test.npz is missing
+    (work / "scores" / "keypoints").mkdir()
+    (work / "scores" / "keypoints" / "test.npz").write_bytes(b"")
+    assert step.done()
 
 
 def test_folds_file_matches_needs_the_file():
