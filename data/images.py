@@ -11,6 +11,7 @@ fraction of its size; boxes stay in original pixels and the scale is tracked.
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -143,9 +144,12 @@ def crop_window(width: int, height: int, box: Box | None, margin: float, aspect:
     )
 
 
-def jpeg_shrink(window: Box, size: int) -> int:
-    """The largest JPEG shrink-on-load factor (1, 2, 4 or 8) keeping ``window`` at least ``size`` pixels."""
+def jpeg_shrink(window: Box, size: int | tuple[int, int]) -> int:
+    """The largest JPEG shrink-on-load factor (1, 2, 4 or 8) keeping ``window`` at least ``size`` pixels on its
+    short side, or at least ``(width, height)`` pixels on each side."""
     x0, y0, x1, y1 = window
+    if isinstance(size, tuple):
+        return next((k for k in _JPEG_SHRINKS if (x1 - x0) / k >= size[0] and (y1 - y0) / k >= size[1]), 1)
     smallest = min(x1 - x0, y1 - y0)
     return next((k for k in _JPEG_SHRINKS if smallest / k >= size), 1)
 
@@ -178,10 +182,11 @@ def load_crop(
     except ValueError as err:
         raise InputError(path, str(err)) from None
     jpeg = str(header.get("vips-loader")).startswith("jpegload")
-    width_out, height_out = (size, size) if isinstance(size, int) else size
+    width_out, height_out = (size, size) if isinstance(size, numbers.Integral) else size
     if height_out is None:
         height_out = max(1, round(width_out * (window[3] - window[1]) / (window[2] - window[0])))
-    image = _decode(path, jpeg_shrink(window, min(width_out, height_out)) if jpeg else 1)
+    width_out, height_out = int(width_out), int(height_out)
+    image = _decode(path, jpeg_shrink(window, (width_out, height_out)) if jpeg else 1)
     sx, sy = image.width / width, image.height / height
     left, top = min(int(window[0] * sx), image.width - 1), min(int(window[1] * sy), image.height - 1)
     right = min(max(math.ceil(window[2] * sx), left + 1), image.width)

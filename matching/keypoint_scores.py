@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.io import write_csv
+from data.io import load_npz, save_npz, write_csv
 from matching.blend import ScoreMatrix, save_matrix
+from matching.distributed import SINGLE, Shards, stack_npz_rows
 from matching.embed_scores import Logistic, fit_logistic, same_whale
 from matching.keypoints import Keypoints, KeypointSettings, cached_keypoints, inlier_matrix
 from matching.pipeline import NEW_WHALE, mask_self
@@ -54,52 +55,75 @@ def to_probability(inliers: np.ndarray, calib: Logistic | None) -> np.ndarray:
     return calib(np.sqrt(inliers))
 
 
+def sharded_inliers(path: Path, query: Keypoints, gallery: Keypoints, s: KeypointSettings, *, exclude_self: bool,
+                    shards: Shards = SINGLE, desc: str = "matching") -> np.ndarray:
+    """:func:`matching.keypoints.inlier_matrix`, each process scoring its share of the query rows; the whole
+    matrix is written to ``path`` (``inliers``, ``names``) and returned on every process."""
+    rows = shards.rows(len(query))
+
+    def write_part(part: Path) -> None:
+        mine = query.take(rows)
+        save_npz(part, inliers=inlier_matrix(mine, gallery, s, exclude_self=exclude_self, desc=desc),
+                 names=mine.names, gallery=gallery.names)
+
+    def join(parts: list[Path], out: Path) -> None:
+        save_npz(out, **stack_npz_rows(parts, ("inliers", "names")))
+
+    shards.assemble(path, write_part, join)
+    return load_npz(path)["inliers"]
+
+
 def score_keypoints(catalog, val_names: Sequence[str] | None, work_dir: Path, s: KeypointSettings, *,
-                    max_megapixels: float = 60.0, log=print) -> list[Path]:
-    """Write ``<work_dir>/scores/keypoints/test.npz`` (and ``oof.npz`` + ``calibration.csv`` given validation
-    images); keypoints are cached under ``<work_dir>/features/keypoints/``."""
+                    max_megapixels: float = 60.0, shards: Shards = SINGLE, log=print) -> list[Path]:
+    """Write ``<work_dir>/scores/keypoints/oof.npz`` + ``calibration.csv`` (given validation images) and
+    ``test.npz``; keypoints and raw inlier counts are kept under ``<work_dir>/features/keypoints/``. With several
+    ``shards`` (torchrun) the processes share the photos and the query rows; rank 0 writes the score files."""
     feat_dir = Path(work_dir) / "features" / MODEL
     out_dir = Path(work_dir) / "scores" / MODEL
     known_df = catalog.train[catalog.train["Id"] != NEW_WHALE]
     known, labels = known_df["Image"].tolist(), known_df["Id"].tolist()
     truth = dict(zip(catalog.train["Image"], catalog.train["Id"]))
+    gallery_names = np.asarray(known, dtype=str)
 
     def keypoints_of(names, path_of, part):
         return cached_keypoints(feat_dir / f"{part}.npz", [path_of(n) for n in names],
-                                [catalog.box(n) for n in names], names, s, max_megapixels=max_megapixels,
-                                desc=f"keypoints {part}")
+                                [catalog.box(n) for n in names], names, s, shards=shards,
+                                max_megapixels=max_megapixels, desc=f"keypoints {part}")
 
     gallery = keypoints_of(known, catalog.train_path, "catalog")
-    gallery_names = np.asarray(known, dtype=str)
     calib = None
     written = []
-    oof = None
     if val_names:
         val_names = [str(n) for n in val_names]
         missing, have = _subset(gallery, val_names)
-        extra = keypoints_of(missing, catalog.train_path, "oof_extra")
-        query = _join([have, extra], val_names)
-        inliers = inlier_matrix(query, gallery, s, desc="keypoints oof")
-        keep = np.ones(inliers.shape, bool)
-        column = {n: j for j, n in enumerate(known)}
-        for i, n in enumerate(val_names):
-            if n in column:
-                keep[i, column[n]] = False
-        calib = calibrate(inliers, [truth[n] for n in val_names], labels, keep)
-        write_csv(pd.DataFrame([{"a": calib.a, "b": calib.b, "on": "sqrt(inliers)", "pairs": int(keep.sum())}]),
-                  out_dir / "calibration.csv")
-        oof = mask_self(ScoreMatrix(to_probability(inliers, calib), np.asarray(val_names, dtype=str), gallery_names))
-    else:
+        query = _join([have, keypoints_of(missing, catalog.train_path, "oof_extra")], val_names)
+        inliers = sharded_inliers(feat_dir / "inliers_oof.npz", query, gallery, s, exclude_self=True,
+                                  shards=shards, desc="keypoints oof")
+        if shards.main:
+            keep = np.ones(inliers.shape, bool)
+            column = {n: j for j, n in enumerate(known)}
+            for i, n in enumerate(val_names):
+                if n in column:
+                    keep[i, column[n]] = False
+            calib = calibrate(inliers, [truth[n] for n in val_names], labels, keep)
+            oof = mask_self(ScoreMatrix(to_probability(inliers, calib), np.asarray(val_names, dtype=str),
+                                        gallery_names))
+            written.append(save_matrix(out_dir / "oof.npz", oof))
+            written.append(write_csv(pd.DataFrame([{"a": calib.a, "b": calib.b, "on": "sqrt(inliers)",
+                                                    "pairs": int(keep.sum())}]), out_dir / "calibration.csv"))
+    elif shards.main:
+        for stale in ("oof.npz", "calibration.csv"):  # of an earlier run with folds: not of these test scores
+            (out_dir / stale).unlink(missing_ok=True)
         log(f"  note: no out-of-fold matrix to calibrate the keypoint scores on; p = n / (n + {FALLBACK_HALF:g})")
     if catalog.test_images:
         test = keypoints_of(catalog.test_images, catalog.test_path, "test")
-        inliers = inlier_matrix(test, gallery, s, exclude_self=False, desc="keypoints test")
-        matrix = ScoreMatrix(to_probability(inliers, calib), np.asarray(catalog.test_images, dtype=str),
-                             gallery_names)
-        written.append(save_matrix(out_dir / "test.npz", matrix))
-    if oof is not None:
-        written.append(save_matrix(out_dir / "oof.npz", oof))
-        written.append(out_dir / "calibration.csv")
+        inliers = sharded_inliers(feat_dir / "inliers_test.npz", test, gallery, s, exclude_self=False,
+                                  shards=shards, desc="keypoints test")
+        if shards.main:
+            matrix = ScoreMatrix(to_probability(inliers, calib), np.asarray(catalog.test_images, dtype=str),
+                                 gallery_names)
+            written.insert(0, save_matrix(out_dir / "test.npz", matrix))  # last: keypoint_scores_done looks for it
+    shards.barrier()
     return written
 
 

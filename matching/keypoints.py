@@ -14,6 +14,7 @@ bookkeeping); only catalog images with ``min_matches`` ratio-test matches go to 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -27,6 +28,7 @@ from tqdm import tqdm
 from data.errors import InputError
 from data.images import TEST_MARGIN, load_crop
 from data.io import load_npz, save_npz
+from matching.distributed import SINGLE, Shards
 
 DESCRIPTOR_DIM = 128
 
@@ -47,12 +49,25 @@ class KeypointSettings:
 
     @classmethod
     def from_config(cls, section: dict | None, source: str | None = None) -> KeypointSettings:
-        section = dict(section or {})
-        known = {f.name: f.type for f in fields(cls)}
+        if section is None:
+            section = {}
+        if not isinstance(section, dict):
+            raise InputError(source, f"keypoints: expected a mapping of settings, got {section!r}")
+        known = {f.name: type(f.default) for f in fields(cls)}
         unknown = sorted(set(section) - set(known))
         if unknown:
             raise InputError(source, f"keypoints: unknown setting(s) {', '.join(unknown)}")
-        s = cls(**section)
+        values = {}
+        for name, value in section.items():
+            kind = known[name]
+            ok = (isinstance(value, bool) if kind is bool
+                  else isinstance(value, int) and not isinstance(value, bool) if kind is int
+                  else isinstance(value, (int, float)) and not isinstance(value, bool))
+            if not ok:
+                wanted = "true or false" if kind is bool else kind.__name__
+                raise InputError(source, f"keypoints: {name} must be {wanted}, got {value!r}")
+            values[name] = kind(value)
+        s = cls(**values)
         checks = [(s.width >= 32, "width must be at least 32"), (s.max_keypoints >= 4, "max_keypoints must be >= 4"),
                   (s.clahe >= 0, "clahe must be >= 0"), (0 < s.ratio <= 1, "ratio must be in (0, 1]"),
                   (s.min_matches >= 4, "min_matches must be >= 4 (a homography needs 4 points)"),
@@ -64,9 +79,19 @@ class KeypointSettings:
         return s
 
     def key(self) -> str:
-        """What the extracted keypoints depend on (the cache key)."""
+        """What the extracted keypoints depend on among the settings."""
         d = asdict(self)
         return json.dumps({k: d[k] for k in ("width", "max_keypoints", "clahe", "margin")}, sort_keys=True)
+
+
+def cache_key(s: KeypointSettings, paths: Sequence[Path], boxes: Sequence) -> str:
+    """The settings' :meth:`KeypointSettings.key` plus a digest of every image file (path, size, mtime) and box:
+    a new box (``predict_bbox.py`` run again) or a replaced photo invalidates the cache."""
+    digest = hashlib.sha1()
+    for path, box in zip(paths, boxes):
+        stat = Path(path).stat()
+        digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{box}\n".encode())
+    return f"{s.key()}|{digest.hexdigest()}"
 
 
 @dataclass
@@ -88,6 +113,16 @@ class Keypoints:
     def owner(self) -> np.ndarray:
         """[K] the image index of every keypoint."""
         return np.repeat(np.arange(len(self.names)), np.diff(self.offsets))
+
+    def take(self, rows: slice) -> Keypoints:
+        """The images ``rows`` (a slice) as a set of their own."""
+        idx = range(len(self.names))[rows]
+        return Keypoints.from_lists(self.names[rows], [self.image(i) for i in idx])
+
+    @classmethod
+    def concat(cls, sets: Sequence[Keypoints]) -> Keypoints:
+        return cls.from_lists(np.concatenate([k.names for k in sets]),
+                              [k.image(i) for k in sets for i in range(len(k))])
 
     @classmethod
     def from_lists(cls, names: Sequence[str], parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> Keypoints:
@@ -123,18 +158,36 @@ def extract(paths: Sequence[Path], boxes: Sequence, names: Sequence[str], s: Key
     return Keypoints.from_lists(names, parts)
 
 
+def _save(path: Path, kp: Keypoints, key: str) -> None:
+    save_npz(path, names=kp.names, offsets=kp.offsets, points=kp.points, descriptors=kp.descriptors,
+             key=np.asarray(key))
+
+
+def _load(path: Path) -> Keypoints:
+    stored = load_npz(path)
+    return Keypoints(stored["names"], stored["offsets"], stored["points"], stored["descriptors"])
+
+
 def cached_keypoints(cache: Path, paths: Sequence[Path], boxes: Sequence, names: Sequence[str],
-                     s: KeypointSettings, **kwargs) -> Keypoints:
-    """:func:`extract`, reused from ``cache`` (``.npz``) when it holds the same images and settings."""
+                     s: KeypointSettings, *, shards: Shards = SINGLE, **kwargs) -> Keypoints:
+    """:func:`extract`, reused from ``cache`` (``.npz``) when it holds the same images, files, boxes and settings.
+    With several ``shards`` each process extracts its share of the images and rank 0 writes the whole cache."""
     names = np.asarray(names, dtype=str)
+    key = cache_key(s, paths, boxes)
     if cache.is_file():
         stored = load_npz(cache)
-        if str(stored["key"]) == s.key() and np.array_equal(stored["names"], names):
+        if str(stored["key"]) == key and np.array_equal(stored["names"], names):
             return Keypoints(stored["names"], stored["offsets"], stored["points"], stored["descriptors"])
-    kp = extract(paths, boxes, names, s, **kwargs)
-    save_npz(cache, names=kp.names, offsets=kp.offsets, points=kp.points, descriptors=kp.descriptors,
-             key=np.asarray(s.key()))
-    return kp
+    rows = shards.rows(len(names))
+
+    def write_part(path: Path) -> None:
+        _save(path, extract(list(paths)[rows], list(boxes)[rows], names[rows], s, **kwargs), key)
+
+    def join(parts: list[Path], path: Path) -> None:
+        _save(path, Keypoints.concat([_load(p) for p in parts]), key)
+
+    shards.assemble(cache, write_part, join)
+    return _load(cache)
 
 
 def ratio_matches(query_desc: torch.Tensor, gallery_desc: torch.Tensor, ratio: float, chunk: int

@@ -80,13 +80,13 @@ def main() -> int:
         for model in models:
             for path in combine_folds(args.work_dir / "scores" / model):
                 print(f"  wrote {path}")
-        if keypoints is not None:
-            kp_start = time.perf_counter()
-            val = validation_images(folds, runs)
-            print(f"keypoint matching: {len(val or [])} out-of-fold queries, {len(catalog.test_images)} test queries")
-            for path in score_keypoints(catalog, val, args.work_dir, keypoints):
-                print(f"  wrote {path}")
-            print(f"  keypoint matching took {time.perf_counter() - kp_start:.0f} s")
+    if keypoints is not None:
+        kp_start = time.perf_counter()
+        val = validation_images(folds, runs)
+        say(f"keypoint matching: {len(val or [])} out-of-fold queries, {len(catalog.test_images)} test queries")
+        for path in score_keypoints(catalog, val, args.work_dir, keypoints, shards=shards, log=say):
+            say(f"  wrote {path}")
+        say(f"  keypoint matching took {time.perf_counter() - kp_start:.0f} s")
     shards.barrier()
     say(f"done in {time.perf_counter() - start:.0f} s" + (f" on {shards.world} processes" if shards.world > 1 else ""))
     return 0

@@ -59,7 +59,7 @@ def test_torchrun_with_two_processes_writes_the_single_process_matrices(tiny_cat
     _trained_run(one)
     shutil.copytree(one / "runs", two / "runs")
     script = str(ROOT / "scripts" / "score_matrix.py")
-    common = ["--data-dir", str(tiny_catalog), "--budget-mb", "8", "--batch", "8"]
+    common = ["--data-dir", str(tiny_catalog), "--budget-mb", "8", "--batch", "8", "--keypoints", "on"]
     single = _score([sys.executable, script, "--work-dir", str(one), *common])
     assert single.returncode == 0, single.stderr
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -77,5 +77,9 @@ def test_torchrun_with_two_processes_writes_the_single_process_matrices(tiny_cat
         fb = load_npz(two / "features" / "tiny" / "fold0" / name)
         assert list(fa["names"]) == list(fb["names"])
         np.testing.assert_allclose(fa["features"], fb["features"], rtol=0, atol=1e-5)
+    for name in ("test.npz", "oof.npz"):  # keypoint matching: photos and query rows shared by the processes
+        a, b = load_matrix(one / "scores" / "keypoints" / name), load_matrix(two / "scores" / "keypoints" / name)
+        assert list(a.query) == list(b.query) and list(a.gallery) == list(b.gallery)
+        np.testing.assert_array_equal(a.scores, b.scores)
     leftovers = [p.name for p in two.rglob(".*part*")]
     assert leftovers == []

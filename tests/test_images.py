@@ -133,6 +133,7 @@ def test_exif_rotated_jpeg_comes_out_upright(tmp_path, orientation):
     assert np.abs(load_crop(path, box, (24, 10)).astype(int) - wide).mean() < 6
     assert load_crop(path, box, (43, None)).shape == (20, 43, 3)  # keeps the 2.15:1 window
     assert load_crop(path, None, (50, None), channels=1).shape == (30, 50, 1)  # the whole 100 x 60 photo
+    assert load_crop(path, box, np.int64(16)).shape == (16, 16, 3)
 
 
 @pytest.mark.parametrize("name", ["cut.jpg", "cut.png"])
@@ -246,6 +247,8 @@ def test_jpeg_shrink_picks_the_largest_factor_that_keeps_the_crop_resolution():
     assert jpeg_shrink((0.0, 0.0, 4000.0, 1860.0), 512) == 2
     assert jpeg_shrink((0.0, 0.0, 4000.0, 1860.0), 1024) == 1
     assert jpeg_shrink((100.0, 100.0, 400.0, 240.0), 64) == 2
+    assert jpeg_shrink((0.0, 0.0, 2150.0, 1000.0), (100, 400)) == 2  # each side of a (width, height) size
+    assert jpeg_shrink((0.0, 0.0, 4000.0, 1860.0), (512, 100)) == 4
 
 
 def test_shrink_on_load_gives_nearly_the_full_decode_crop(tmp_path):

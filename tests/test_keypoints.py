@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -89,6 +90,19 @@ def test_a_warped_copy_shares_many_homography_inliers_and_an_unrelated_picture_f
     assert square[0, 1] >= 25 and square[1, 0] >= 25
 
 
+def test_a_gallery_image_without_keypoints_keeps_the_columns_of_the_others_in_place():
+    s = KeypointSettings(width=256)
+    base = cv2.resize(_blobs(3), (256, 120), interpolation=cv2.INTER_AREA)
+    part = detect(base, s)
+    empty = detect(np.full((120, 256), 128, np.uint8), s)
+    assert len(empty[0]) == 0
+    half = (part[0][::2], part[1][::2])
+    gallery = Keypoints.from_lists(["empty", "copy", "empty2", "half"], [empty, part, empty, half])
+    row = inlier_matrix(Keypoints.from_lists(["q"], [part]), gallery, s)[0]
+    assert row[0] == 0 and row[2] == 0
+    assert row[1] >= 0.8 * len(part[0]) and 0.8 * len(half[0]) <= row[3] <= len(half[0])
+
+
 @pytest.fixture(scope="module")
 def fluke_photos(tmp_path_factory) -> tuple[list[Path], list[tuple], list[int]]:
     """Three photos each of three synthetic individuals (320 x 200, moderate pose and lighting)."""
@@ -123,9 +137,13 @@ def test_settings_come_from_the_config_section_and_bad_values_are_refused():
     assert (s.enabled, s.width, s.ratio, s.max_keypoints) == (True, 192, 0.75, KeypointSettings().max_keypoints)
     with pytest.raises(InputError, match="cfg.yaml.*unknown setting.*widht"):
         KeypointSettings.from_config({"widht": 192}, "cfg.yaml")
-    for bad in ({"ratio": 1.5}, {"min_matches": 3}, {"width": 8}, {"ransac_px": 0}):
-        with pytest.raises(InputError, match="keypoints:"):
+    for bad in ({"ratio": 1.5}, {"min_matches": 3}, {"width": 8}, {"ransac_px": 0}, {"width": "256"},
+                {"max_keypoints": 300.5}, {"enabled": "false"}, {"min_matches": None}, {"ratio": True}):
+        with pytest.raises(InputError, match="cfg.yaml.*keypoints:"):
             KeypointSettings.from_config(bad, "cfg.yaml")
+    with pytest.raises(InputError, match="expected a mapping"):
+        KeypointSettings.from_config(True, "cfg.yaml")
+    assert KeypointSettings.from_config({"ransac_px": 4}, "cfg.yaml").ransac_px == 4.0  # an int where a float goes
     assert KeypointSettings(width=192).key() != KeypointSettings().key()
     assert KeypointSettings(ratio=0.7).key() == KeypointSettings().key()  # matching settings need no new keypoints
 
@@ -143,8 +161,13 @@ def test_keypoints_are_cached_per_image_list_and_settings(fluke_photos, tmp_path
     np.testing.assert_array_equal(again.descriptors, first.descriptors)
     np.testing.assert_array_equal(again.offsets, first.offsets)
     smaller = cached_keypoints(cache, paths[:3], boxes[:3], names, KeypointSettings(max_keypoints=20))
-    assert calls and np.diff(smaller.offsets).max() <= 20
-    assert str(load_npz(cache)["key"]) == KeypointSettings(max_keypoints=20).key()
+    assert len(calls) == 1 and np.diff(smaller.offsets).max() <= 20
+    assert str(load_npz(cache)["key"]).startswith(KeypointSettings(max_keypoints=20).key())
+    moved = [boxes[0], boxes[1], tuple(v + 4 for v in boxes[2])]  # a box predicted again
+    cached_keypoints(cache, paths[:3], moved, names, KeypointSettings(max_keypoints=20))
+    assert len(calls) == 2
+    cached_keypoints(cache, paths[:3], moved, names, KeypointSettings(max_keypoints=20))
+    assert len(calls) == 2
 
 
 def _run(model: str, fold: int, section: dict | None) -> Run:
@@ -186,6 +209,13 @@ def test_score_keypoints_writes_calibrated_test_and_out_of_fold_matrices(tiny_ca
     selfs = np.array([[q == g for g in known] for q in oof.query])
     assert oof.scores[same & ~selfs].mean() > oof.scores[~same].mean()  # calibrated: increasing in inliers
     assert (tmp_path / "features" / "keypoints" / "catalog.npz").is_file()
+    calib = pd.read_csv(out / "calibration.csv")
+    assert calib.loc[0, "a"] > 0 and calib.loc[0, "pairs"] == len(val) * len(known) - sum(n in column for n in val)
+    inliers = load_npz(tmp_path / "features" / "keypoints" / "inliers_oof.npz")
+    assert list(inliers["names"]) == val and inliers["inliers"].shape == (len(val), len(known))
+    # scored again without folds: no out-of-fold matrix, and the old one (of other test scores) is removed
+    again = score_keypoints(catalog, None, tmp_path, KeypointSettings(width=128), log=lambda *a: None)
+    assert again == [out / "test.npz"] and not (out / "oof.npz").exists() and not (out / "calibration.csv").exists()
 
 
 def test_score_matrix_scores_with_keypoints_alone_when_asked(tiny_catalog, tmp_path):
