@@ -19,7 +19,7 @@ from data.io import load_npz, write_csv
 from matching.blend import ScoreMatrix, save_matrix
 from matching.distributed import SINGLE, Shards
 from matching.embed_scores import Logistic, fit_logistic, meta_embedding, same_whale, similarity
-from matching.pipeline import NEW_WHALE, Run, cached_features, mask_self
+from matching.pipeline import NEW_WHALE, Run, cached_features, mask_self, self_pairs
 from siamese.arcface import Embedder, build_embedding_model, classes_in_state, is_embedding_config
 from siamese.checkpoint import load_checkpoint
 
@@ -69,11 +69,7 @@ def write_embedding_scores(s: EmbedSet, fold: int, out_dir: Path, score_cfg: dic
     oof_sims = None
     if s.oof is not None and len(s.oof):
         oof_sims = _similarity(s.oof, s, score_cfg)
-        col = {n: j for j, n in enumerate(s.gallery_names)}
-        keep = np.ones(oof_sims.shape, dtype=bool)
-        for i, name in enumerate(s.oof_names):
-            if name in col:
-                keep[i, col[name]] = False
+        keep = ~self_pairs(s.oof_names, s.gallery_names)
         positive = same_whale(s.oof_labels, s.gallery_labels)
         calib = fit_logistic(oof_sims[keep], positive[keep], seed=fold)
         write_csv(pd.DataFrame([{"fold": fold, "a": calib.a, "b": calib.b, "positives": int(positive[keep].sum()),

@@ -19,18 +19,10 @@ from matching.blend import ScoreMatrix, save_matrix
 from matching.distributed import SINGLE, Shards, stack_npz_rows
 from matching.embed_scores import Logistic, fit_logistic, same_whale
 from matching.keypoints import Keypoints, KeypointSettings, cached_keypoints, inlier_matrix
-from matching.pipeline import NEW_WHALE, mask_self
+from matching.pipeline import NEW_WHALE, mask_self, self_pairs
 
 MODEL = "keypoints"
 FALLBACK_HALF = 10.0  # without an out-of-fold matrix: p = n / (n + FALLBACK_HALF)
-
-
-def _subset(source: Keypoints, names: Sequence[str]) -> tuple[list[str], Keypoints]:
-    """The names not in ``source``, and the keypoints of those that are (no second extraction)."""
-    index = {str(n): i for i, n in enumerate(source.names)}
-    missing = [n for n in names if n not in index]
-    have = [n for n in names if n in index]
-    return missing, Keypoints.from_lists(have, [source.image(index[n]) for n in have])
 
 
 def _join(parts: Sequence[Keypoints], names: Sequence[str]) -> Keypoints:
@@ -95,16 +87,13 @@ def score_keypoints(catalog, val_names: Sequence[str] | None, work_dir: Path, s:
     written = []
     if val_names:
         val_names = [str(n) for n in val_names]
-        missing, have = _subset(gallery, val_names)
-        query = _join([have, keypoints_of(missing, catalog.train_path, "oof_extra")], val_names)
+        in_gallery = set(gallery.names.tolist())
+        missing = [n for n in val_names if n not in in_gallery]  # new_whale photos: the rest are in the catalog
+        query = _join([gallery, keypoints_of(missing, catalog.train_path, "oof_extra")], val_names)
         inliers = sharded_inliers(feat_dir / "inliers_oof.npz", query, gallery, s, exclude_self=True,
                                   shards=shards, desc="keypoints oof")
         if shards.main:
-            keep = np.ones(inliers.shape, bool)
-            column = {n: j for j, n in enumerate(known)}
-            for i, n in enumerate(val_names):
-                if n in column:
-                    keep[i, column[n]] = False
+            keep = ~self_pairs(val_names, known)
             calib = calibrate(inliers, [truth[n] for n in val_names], labels, keep)
             oof = mask_self(ScoreMatrix(to_probability(inliers, calib), np.asarray(val_names, dtype=str),
                                         gallery_names))

@@ -163,9 +163,12 @@ def _save(path: Path, kp: Keypoints, key: str) -> None:
              key=np.asarray(key))
 
 
-def _load(path: Path) -> Keypoints:
-    stored = load_npz(path)
+def _from_npz(stored: dict[str, np.ndarray]) -> Keypoints:
     return Keypoints(stored["names"], stored["offsets"], stored["points"], stored["descriptors"])
+
+
+def _load(path: Path) -> Keypoints:
+    return _from_npz(load_npz(path))
 
 
 def cached_keypoints(cache: Path, paths: Sequence[Path], boxes: Sequence, names: Sequence[str],
@@ -177,7 +180,7 @@ def cached_keypoints(cache: Path, paths: Sequence[Path], boxes: Sequence, names:
     if cache.is_file():
         stored = load_npz(cache)
         if str(stored["key"]) == key and np.array_equal(stored["names"], names):
-            return Keypoints(stored["names"], stored["offsets"], stored["points"], stored["descriptors"])
+            return _from_npz(stored)
     rows = shards.rows(len(names))
 
     def write_part(path: Path) -> None:

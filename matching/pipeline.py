@@ -96,13 +96,20 @@ def cached_features(model: SiameseModel, run: Run, names: Sequence[str], paths: 
     return load_npz(cache)["features"]
 
 
+def self_pairs(query: Sequence[str], gallery: Sequence[str]) -> np.ndarray:
+    """``[Q, G]`` bool: the entries where a query meets the gallery image of the same name."""
+    out = np.zeros((len(query), len(gallery)), dtype=bool)
+    col = {str(name): j for j, name in enumerate(gallery)}
+    for i, name in enumerate(query):
+        j = col.get(str(name))
+        if j is not None:
+            out[i, j] = True
+    return out
+
+
 def mask_self(matrix: ScoreMatrix) -> ScoreMatrix:
     """Zero the entries where a query is scored against itself (same image name)."""
-    col = {name: j for j, name in enumerate(matrix.gallery)}
-    for i, name in enumerate(matrix.query):
-        j = col.get(name)
-        if j is not None:
-            matrix.scores[i, j] = 0.0
+    matrix.scores[self_pairs(matrix.query, matrix.gallery)] = 0.0
     return matrix
 
 
