@@ -25,29 +25,13 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 from data.errors import InputError
 from data.images import MEAN, STD
 from data.io import atomic_path
+from data.settings import BboxModel, check
 
 FLUKE = 1  # the label of the one class (0 is background)
 
-MODEL_DEFAULTS: dict[str, Any] = {
-    "arch": "fasterrcnn",
-    "backbone": "efficientnet_lite0",
-    "pretrained": False,
-    "weights": None,
-    "out_indices": [2, 3, 4],
-    "fpn_channels": 64,
-    "freeze_bn": True,
-    "freeze": [],
-    "min_size": 160,
-    "max_size": 256,
-    "anchor_sizes": [32, 64, 128, 256],
-    "anchor_ratios": [0.5, 1, 2, 4, 8],
-    "box_head": 256,
-}
-
-
 def model_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``model:`` section of a config with the defaults filled in."""
-    return {**MODEL_DEFAULTS, **(cfg or {})}
+    """The ``model:`` section of a config, checked, with the defaults of :class:`data.settings.BboxModel`."""
+    return check(cfg or {}, BboxModel, path="model")
 
 
 def wide_anchor_generator(sizes: list, ratios_wh: list[float]) -> AnchorGenerator:

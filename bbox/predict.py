@@ -25,16 +25,7 @@ from bbox.detector import FLUKE, detector_from_state, load_checkpoint
 from bbox.fusion import clip_boxes, unmirror, weighted_box_fusion
 from data.errors import InputError
 from data.io import write_csv
-
-PREDICT_DEFAULTS: dict[str, Any] = {
-    "batch": 8,
-    "flip": True,
-    "score_min": 0.05,
-    "fusion_iou": 0.55,
-    "keep_score": 0.2,
-    "workers": 0,
-    "amp": True,
-}
+from data.settings import BboxPredict, check
 
 Box = tuple[float, float, float, float]
 
@@ -48,7 +39,8 @@ class Prediction:
 
 
 def predict_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
-    return {**PREDICT_DEFAULTS, **(cfg or {})}
+    """The ``predict:`` section of a config, checked, with the defaults of :class:`data.settings.BboxPredict`."""
+    return check(cfg or {}, BboxPredict, path="predict")
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -22,42 +22,18 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from bbox.data import BoxDataset, collate, split_folds, subset, train_augment
-from bbox.detector import build_detector, load_checkpoint, model_config, save_checkpoint
+from bbox.detector import build_detector, load_checkpoint, save_checkpoint
 from bbox.metrics import mean_iou
-from bbox.predict import Prediction, autocast, pick_device, predict_config, predict_photos
+from bbox.predict import Prediction, autocast, pick_device, predict_photos
 from data.errors import InputError
+from data.settings import Bbox, check
 
 Box = tuple[float, float, float, float]
 
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "folds": 2,
-    "seed": 0,
-    "epochs": 8,
-    "batch": 8,
-    "lr": 0.01,
-    "optimizer": "sgd",
-    "momentum": 0.9,
-    "weight_decay": 1.0e-4,
-    "warmup": 0.1,
-    "clip_grad": 10.0,
-    "augment": 1.0,
-    "max_images": None,
-    "device": "auto",
-    "workers": 0,
-    "amp": True,
-    "cache": True,
-}
-DATA_DEFAULTS: dict[str, Any] = {"load_side": 384, "max_megapixels": 60}
-
 
 def full_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The bbox config with every section's defaults filled in."""
-    return {
-        "model": model_config(cfg.get("model")),
-        "data": {**DATA_DEFAULTS, **(cfg.get("data") or {})},
-        "train": {**TRAIN_DEFAULTS, **(cfg.get("train") or {})},
-        "predict": predict_config(cfg.get("predict")),
-    }
+    """The bbox config, checked, with every section's defaults (:class:`data.settings.Bbox`) filled in."""
+    return check(dict(cfg), Bbox)
 
 
 def fold_checkpoint(work_dir: str | Path, fold: int) -> Path:

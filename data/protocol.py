@@ -17,6 +17,12 @@ photo each query is) and ``protocol.json`` (settings and counts). Photos are har
 symbolic links otherwise, copies as a last resort. Everything is written into a temporary folder beside
 ``out`` and renamed into place, so ``out`` is never half-written. The same source and settings give
 byte-identical files.
+
+N-way one-shot tasks (:func:`write_one_shot`, the Omniglot benchmark of Lake et al. and Koch et al. 2015):
+whole groups of classes (a class's group is its Id before the first '/', e.g. an Omniglot alphabet) are held
+out; ``catalog/`` is the training catalog of the other groups, and every ``task_000/``, ... is a data folder
+with one photo per class of N held-out classes in ``train/`` and one other photo of each as a query in
+``test/`` (with ``truth.csv`` and ``queries.csv`` as above).
 """
 
 from __future__ import annotations
@@ -158,22 +164,24 @@ def split_catalog(train: pd.DataFrame, cfg: ProtocolConfig) -> Split:
 
 
 def _is_replaceable(out: Path) -> bool:
-    """An empty folder, or one made by this module (it has protocol.json and truth.csv)."""
-    return out.is_dir() and (not any(out.iterdir()) or ((out / "protocol.json").is_file()
-                                                        and (out / "truth.csv").is_file()))
+    """An empty folder, or one made by this module (protocol.json beside truth.csv or catalog/train.csv)."""
+    if not out.is_dir():
+        return False
+    if not any(out.iterdir()):
+        return True
+    made = (out / "truth.csv").is_file() or (out / "catalog" / "train.csv").is_file()
+    return (out / "protocol.json").is_file() and made
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     df.to_csv(path, index=False, lineterminator="\n")
 
 
-def write_protocol(data_dir: str | Path, out: str | Path, cfg: ProtocolConfig, *, link: str = "auto",
-                   force: bool = False) -> ProtocolSummary:
-    """Split the catalog of ``data_dir`` and write the protocol folder ``out`` (see the module docstring)."""
-    cfg.check()
+def _read_source(data_dir: Path, out: Path, link: str, force: bool) -> tuple[pd.DataFrame, dict | None]:
+    """The validated ``train.csv`` and boxes (or None) of ``data_dir``, after checking that ``out`` may be
+    written (not the source, not an existing folder unless ``force`` and made by this module)."""
     if link not in LINK_MODES:
         raise ValueError(f"link must be one of {', '.join(LINK_MODES)}, got {link!r}")
-    data_dir, out = Path(data_dir), Path(out)
     if not data_dir.is_dir():
         raise InputError(data_dir, "data folder not found")
     src, dst = data_dir.resolve(), out.resolve()
@@ -190,11 +198,26 @@ def write_protocol(data_dir: str | Path, out: str | Path, cfg: ProtocolConfig, *
         raise InputError(train_csv, f"{len(missing)} image(s) not found in {data_dir / 'train'} "
                                     f"(first: {missing[0]!r})")
     boxes_csv = data_dir / "boxes.csv"
-    boxes = read_boxes(boxes_csv) if boxes_csv.is_file() else None
+    return train, (read_boxes(boxes_csv) if boxes_csv.is_file() else None)
+
+
+def _boxes_frame(boxes: dict, keep: set[str], renamed: dict[str, str]) -> pd.DataFrame:
+    """``boxes.csv`` rows of the photos in ``keep`` and, under their new names, of the sources in ``renamed``."""
+    rows = [(renamed.get(name, name), *box) for name, box in boxes.items() if name in keep or name in renamed]
+    df = pd.DataFrame(rows, columns=["Image", "x0", "y0", "x1", "y1"])
+    return df.sort_values("Image", kind="stable")
+
+
+def write_protocol(data_dir: str | Path, out: str | Path, cfg: ProtocolConfig, *, link: str = "auto",
+                   force: bool = False) -> ProtocolSummary:
+    """Split the catalog of ``data_dir`` and write the protocol folder ``out`` (see the module docstring)."""
+    cfg.check()
+    data_dir, out = Path(data_dir), Path(out)
+    train, boxes = _read_source(data_dir, out, link, force)
     try:
         split = split_catalog(train, cfg)
     except ValueError as err:
-        raise InputError(train_csv, str(err)) from None
+        raise InputError(data_dir / "train.csv", str(err)) from None
 
     links = dict.fromkeys(("hardlink", "symlink", "copy"), 0)
     with staged_dir(out) as tmp:
@@ -208,10 +231,7 @@ def write_protocol(data_dir: str | Path, out: str | Path, cfg: ProtocolConfig, *
         _write_csv(split.queries[["Image", "Source"]], tmp / "queries.csv")
         if boxes is not None:
             renamed = dict(zip(split.queries["Source"], split.queries["Image"], strict=True))
-            keep = set(split.catalog["Image"])
-            rows = [(renamed.get(name, name), *box) for name, box in boxes.items() if name in keep or name in renamed]
-            df = pd.DataFrame(rows, columns=["Image", "x0", "y0", "x1", "y1"])
-            _write_csv(df.sort_values("Image", kind="stable"), tmp / "boxes.csv")
+            _write_csv(_boxes_frame(boxes, set(split.catalog["Image"]), renamed), tmp / "boxes.csv")
         summary = _summary(out, train, split, links)
         record = {
             "source": str(data_dir),
@@ -243,3 +263,231 @@ def _summary(out: Path, train: pd.DataFrame, split: Split, links: dict[str, int]
         unused_photos=split.unused_photos,
         links=links,
     )
+
+
+# N-way one-shot tasks (Lake et al. 2015; Koch et al. 2015) --------------------------------------------------
+
+TASK_PREFIX = "task_"
+
+
+def group_of(ident: str) -> str:
+    """The group of a class: its Id before the first '/' (an Omniglot alphabet), or the whole Id."""
+    return ident.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class OneShotConfig:
+    """Settings of N-way one-shot tasks. ``held_out_groups`` whole groups (chosen by ``seed``), or exactly the
+    named ``groups``, are held out of the training catalog; ``tasks`` tasks of ``ways`` classes each are drawn
+    from their classes, with one catalog photo (the shot) and one other photo (the query) per class."""
+
+    ways: int = 20
+    tasks: int = 20
+    held_out_groups: int = 2
+    groups: tuple[str, ...] = ()
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.ways < 2:
+            raise ValueError(f"ways must be >= 2, got {self.ways}")
+        if self.tasks < 1:
+            raise ValueError(f"tasks must be >= 1, got {self.tasks}")
+        if self.held_out_groups < 1:
+            raise ValueError(f"held_out_groups must be >= 1, got {self.held_out_groups}")
+        if self.groups and len(set(self.groups)) != len(self.groups):
+            raise ValueError(f"groups are listed twice: {' '.join(self.groups)}")
+        if self.groups and self.held_out_groups != len(self.groups):
+            raise ValueError(f"held_out_groups ({self.held_out_groups}) differs from the {len(self.groups)} "
+                             "groups named")
+
+
+@dataclass(frozen=True)
+class OneShotTask:
+    """One task: ``shots`` (``Image,Id``: one catalog photo per class, by Id) and ``queries`` (``Image`` new
+    name, ``Id`` truth, ``Source`` photo) in a seeded order; ``groups`` the classes come from."""
+
+    name: str
+    groups: tuple[str, ...]
+    shots: pd.DataFrame
+    queries: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class OneShotSplit:
+    """The training catalog (rows of the groups not held out, ``new_whale`` kept) and the tasks."""
+
+    catalog: pd.DataFrame
+    held_out_groups: list[str]
+    held_out_classes: int
+    unusable_classes: int
+    """Held-out classes with a single photo (no shot and query pair): in no task."""
+    tasks: list[OneShotTask]
+
+
+def _held_out(all_groups: list[str], cfg: OneShotConfig, rng: np.random.Generator) -> list[str]:
+    """The named groups (checked), or ``cfg.held_out_groups`` of them drawn by ``rng``; always sorted."""
+    if cfg.groups:
+        unknown = sorted(set(cfg.groups) - set(all_groups))
+        if unknown:
+            raise ValueError(f"unknown group(s) {' '.join(unknown)} (the catalog has: {' '.join(all_groups)})")
+    if cfg.held_out_groups >= len(all_groups):
+        raise ValueError(f"holding out {cfg.held_out_groups} of the {len(all_groups)} groups leaves no training "
+                         "catalog (hold out fewer)")
+    if cfg.groups:
+        return sorted(cfg.groups)
+    order = rng.permutation(len(all_groups))
+    return sorted(all_groups[i] for i in order[:cfg.held_out_groups])
+
+
+def _task_classes(pools: dict[str, list[str]], cfg: OneShotConfig, rng: np.random.Generator) -> list[list[str]]:
+    """The classes of every task: from one group (round robin over the groups with ``ways`` classes or more, in
+    a seeded order) where one is large enough, else from all held-out groups together."""
+    single = [g for g in sorted(pools) if len(pools[g]) >= cfg.ways]
+    union = sorted(c for g in sorted(pools) for c in pools[g])
+    order = [single[i] for i in rng.permutation(len(single))]
+    chosen = []
+    for t in range(cfg.tasks):
+        pool = pools[order[t % len(order)]] if order else union
+        chosen.append(sorted(pool[i] for i in rng.choice(len(pool), size=cfg.ways, replace=False)))
+    return chosen
+
+
+def _make_task(name: str, classes: list[str], photos: dict[str, list[str]], rng: np.random.Generator) -> OneShotTask:
+    """One shot and one query (another photo) per class; queries renamed in a seeded order."""
+    shots, sources = [], []
+    for ident in classes:
+        shot, query = rng.choice(len(photos[ident]), size=2, replace=False)
+        shots.append(photos[ident][shot])
+        sources.append(photos[ident][query])
+    order = rng.permutation(len(classes))
+    ordered = [sources[i] for i in order]
+    names = _query_names(ordered, set(shots))
+    queries = pd.DataFrame({"Image": names, "Id": [classes[i] for i in order], "Source": ordered})
+    groups = tuple(sorted({group_of(c) for c in classes}))
+    return OneShotTask(name, groups, pd.DataFrame({"Image": shots, "Id": classes}), queries)
+
+
+def one_shot_split(train: pd.DataFrame, cfg: OneShotConfig) -> OneShotSplit:
+    """The seeded one-shot split of a validated ``train.csv`` frame (``Image,Id``); ``new_whale`` photos stay
+    in the training catalog and are in no task. Raises ``ValueError`` when the held-out classes are too few."""
+    cfg.check()
+    rng = np.random.default_rng(cfg.seed)
+    known = train[train["Id"] != NEW_WHALE]
+    photos = {ident: sorted(g["Image"]) for ident, g in known.groupby("Id", sort=True)}
+    all_groups = sorted({group_of(ident) for ident in photos})
+    if not all_groups:
+        raise ValueError("the catalog has no identified class (only new_whale)")
+    held = _held_out(all_groups, cfg, rng)
+    held_classes = [c for c in photos if group_of(c) in held]
+    pools = {g: [c for c in held_classes if group_of(c) == g and len(photos[c]) >= 2] for g in held}
+    usable = sum(len(p) for p in pools.values())
+    if usable < cfg.ways:
+        raise ValueError(f"the held-out group(s) {' '.join(held)} have {usable} classes with 2 or more photos; "
+                         f"{cfg.ways}-way tasks need {cfg.ways} (hold out more or larger groups, or fewer ways)")
+    width = max(3, len(str(cfg.tasks - 1)))
+    tasks = [_make_task(f"{TASK_PREFIX}{t:0{width}d}", classes, photos, rng)
+             for t, classes in enumerate(_task_classes(pools, cfg, rng))]
+    keep = ~train["Id"].map(lambda i: i != NEW_WHALE and group_of(i) in held)
+    return OneShotSplit(catalog=train[keep].reset_index(drop=True), held_out_groups=held,
+                        held_out_classes=len(held_classes), unusable_classes=len(held_classes) - usable,
+                        tasks=tasks)
+
+
+@dataclass
+class OneShotSummary:
+    out: Path
+    source_photos: int
+    source_classes: int
+    source_groups: int
+    held_out_groups: list[str]
+    held_out_classes: int
+    unusable_classes: int
+    catalog_photos: int
+    catalog_classes: int
+    tasks: int
+    ways: int
+    single_group_tasks: int
+    links: dict[str, int] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        links = ", ".join(f"{n} {kind}" for kind, n in self.links.items() if n)
+        return [
+            f"wrote {self.out}/",
+            f"  source:   {self.source_photos} photos of {self.source_classes} classes in {self.source_groups} groups",
+            f"  held out: {len(self.held_out_groups)} groups ({', '.join(self.held_out_groups)}), "
+            f"{self.held_out_classes} classes ({self.unusable_classes} with a single photo, in no task)",
+            f"  catalog/: train.csv {self.catalog_photos} photos of {self.catalog_classes} classes (for training)",
+            f"  tasks:    {self.tasks} x {self.ways}-way one-shot ({self.single_group_tasks} from a single group), "
+            f"{TASK_PREFIX}*/ each with train/ (one shot per class), test/ (one query per class), truth.csv",
+            f"  photos:   {links}",
+        ]
+
+
+def _place_task(task: OneShotTask, data_dir: Path, folder: Path, boxes: dict | None, link: str,
+                links: dict[str, int]) -> None:
+    """Write one task folder: train.csv + train/ (the shots), test/ (the queries), truth.csv, queries.csv."""
+    for name in task.shots["Image"]:
+        links[place_file(data_dir / "train" / name, folder / "train" / name, link)] += 1
+    for name, source in zip(task.queries["Image"], task.queries["Source"], strict=True):
+        links[place_file(data_dir / "train" / source, folder / "test" / name, link)] += 1
+    _write_csv(task.shots, folder / "train.csv")
+    _write_csv(task.queries[["Image", "Id"]], folder / "truth.csv")
+    _write_csv(task.queries[["Image", "Source"]], folder / "queries.csv")
+    if boxes is not None:
+        renamed = dict(zip(task.queries["Source"], task.queries["Image"], strict=True))
+        _write_csv(_boxes_frame(boxes, set(task.shots["Image"]), renamed), folder / "boxes.csv")
+
+
+def _one_shot_summary(out: Path, train: pd.DataFrame, split: OneShotSplit, cfg: OneShotConfig,
+                      links: dict[str, int]) -> OneShotSummary:
+    known = train[train["Id"] != NEW_WHALE]["Id"]
+    cat = split.catalog[split.catalog["Id"] != NEW_WHALE]["Id"]
+    return OneShotSummary(
+        out=out, source_photos=len(train), source_classes=int(known.nunique()),
+        source_groups=len(set(known.map(group_of))), held_out_groups=split.held_out_groups,
+        held_out_classes=split.held_out_classes, unusable_classes=split.unusable_classes,
+        catalog_photos=len(split.catalog), catalog_classes=int(cat.nunique()), tasks=len(split.tasks),
+        ways=cfg.ways, single_group_tasks=sum(len(t.groups) == 1 for t in split.tasks), links=links)
+
+
+def _one_shot_record(data_dir: Path, cfg: OneShotConfig, split: OneShotSplit, summary: OneShotSummary) -> dict:
+    """The content of ``protocol.json``: settings, held-out groups, counts and the groups of every task."""
+    single = sum(len(t.groups) == 1 for t in split.tasks)
+    return {
+        "mode": "one_shot",
+        "source": str(data_dir),
+        "settings": asdict(cfg),
+        "held_out_groups": split.held_out_groups,
+        "counts": {k: v for k, v in asdict(summary).items() if k not in ("out", "links", "held_out_groups")},
+        "task_groups": "one group per task" if single == len(split.tasks) else
+                       "several held-out groups per task (no held-out group has enough classes)",
+        "tasks": [{"name": t.name, "groups": list(t.groups)} for t in split.tasks],
+    }
+
+
+def write_one_shot(data_dir: str | Path, out: str | Path, cfg: OneShotConfig, *, link: str = "auto",
+                   force: bool = False) -> OneShotSummary:
+    """Write the one-shot protocol folder ``out`` from the catalog of ``data_dir``: ``catalog/`` (the training
+    catalog without the held-out groups), ``task_000/`` ... (one data folder per task) and ``protocol.json``.
+    Staged beside ``out`` and renamed into place; the same source and settings give byte-identical files."""
+    cfg.check()
+    data_dir, out = Path(data_dir), Path(out)
+    train, boxes = _read_source(data_dir, out, link, force)
+    try:
+        split = one_shot_split(train, cfg)
+    except ValueError as err:
+        raise InputError(data_dir / "train.csv", str(err)) from None
+    links = dict.fromkeys(("hardlink", "symlink", "copy"), 0)
+    with staged_dir(out) as tmp:
+        (tmp / "catalog" / "train").mkdir(parents=True)
+        for name in split.catalog["Image"]:
+            links[place_file(data_dir / "train" / name, tmp / "catalog" / "train" / name, link)] += 1
+        _write_csv(split.catalog[["Image", "Id"]], tmp / "catalog" / "train.csv")
+        if boxes is not None:
+            _write_csv(_boxes_frame(boxes, set(split.catalog["Image"]), {}), tmp / "catalog" / "boxes.csv")
+        for task in split.tasks:
+            _place_task(task, data_dir, tmp / task.name, boxes, link, links)
+        summary = _one_shot_summary(out, train, split, cfg, links)
+        record = _one_shot_record(data_dir, cfg, split, summary)
+        (tmp / "protocol.json").write_text(json.dumps(record, indent=2) + "\n")
+    return summary

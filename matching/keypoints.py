@@ -14,7 +14,6 @@ bookkeeping); only catalog images with ``min_matches`` ratio-test matches go to 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from data import cache as data_cache
 from data.errors import InputError
 from data.images import TEST_MARGIN, load_crop
 from data.io import load_npz, save_npz
@@ -87,11 +87,7 @@ class KeypointSettings:
 def cache_key(s: KeypointSettings, paths: Sequence[Path], boxes: Sequence) -> str:
     """The settings' :meth:`KeypointSettings.key` plus a digest of every image file (path, size, mtime) and box:
     a new box (``predict_bbox.py`` run again) or a replaced photo invalidates the cache."""
-    digest = hashlib.sha1()
-    for path, box in zip(paths, boxes):
-        stat = Path(path).stat()
-        digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{box}\n".encode())
-    return f"{s.key()}|{digest.hexdigest()}"
+    return data_cache.cache_key(s.key(), paths, boxes)
 
 
 @dataclass
@@ -177,10 +173,9 @@ def cached_keypoints(cache: Path, paths: Sequence[Path], boxes: Sequence, names:
     With several ``shards`` each process extracts its share of the images and rank 0 writes the whole cache."""
     names = np.asarray(names, dtype=str)
     key = cache_key(s, paths, boxes)
-    if cache.is_file():
-        stored = load_npz(cache)
-        if str(stored["key"]) == key and np.array_equal(stored["names"], names):
-            return _from_npz(stored)
+    stored = data_cache.read_cache(cache, key, names)
+    if stored is not None:
+        return _from_npz(stored)
     rows = shards.rows(len(names))
 
     def write_part(path: Path) -> None:

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 import yaml
 
+from data.cache import cache_key, read_cache
 from data.errors import InputError
+from data.images import TEST_MARGIN
 from data.io import load_npz, save_npz
 from matching.blend import ScoreMatrix, average, load_matrix, save_matrix
 from matching.distributed import SINGLE, Shards, stack_npz_rows
@@ -68,25 +70,29 @@ def load_run_model(run: Run, device: torch.device) -> SiameseModel:
 def cached_features(model: SiameseModel, run: Run, names: Sequence[str], paths: Sequence[Path],
                     boxes: Sequence, cache: Path, device: torch.device, batch: int = 64,
                     workers: int | None = None, shards: Shards = SINGLE) -> np.ndarray:
-    """Branch features of ``paths``, reused from ``cache`` (``.npz``: features, names, key) when still valid.
+    """Branch (and neck) features of ``paths``, reused from ``cache`` (``.npz``: features, names, key) while its key
+    holds: the checkpoint, the size, the crop margin, ``score.tta`` and every photo file and box
+    (:mod:`data.cache`).
 
     With several ``shards`` each process computes its rows and rank 0 writes the whole cache."""
     stat = run.checkpoint.stat()
-    key = f"{run.checkpoint.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{run.size}"
+    tta = score_tta(run.config)
+    settings = f"{run.checkpoint.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{run.size}|margin {TEST_MARGIN}|tta {tta}"
+    key = cache_key(settings, paths, boxes)
     names = np.asarray(names, dtype=str)
-    if cache.is_file():
-        stored = load_npz(cache)
-        if str(stored["key"]) == key and np.array_equal(stored["names"], names):
-            return stored["features"]
+    stored = read_cache(cache, key, names)
+    if stored is not None and "features" in stored:
+        return stored["features"]
     mcfg = run.config["model"]
     rows = shards.rows(len(names))
 
     def write_part(path: Path) -> None:
-        feats = compute_features(model.branch, list(paths)[rows], list(boxes)[rows], run.size,
+        encoder = model.encoder() if hasattr(model, "encoder") else model.branch
+        feats = compute_features(encoder, list(paths)[rows], list(boxes)[rows], run.size,
                                  channels=int(mcfg.get("in_chans", 3)), batch=batch, device=device,
                                  workers=workers,
                                  max_megapixels=float(run.config.get("data", {}).get("max_megapixels", 60)),
-                                 desc=f"{run.model} fold{run.fold} {cache.stem}")
+                                 desc=f"{run.model} fold{run.fold} {cache.stem}", flip_tta=tta == "flip")
         save_npz(path, features=feats, names=names[rows], key=np.asarray(key))
 
     def join(parts: list[Path], path: Path) -> None:
@@ -94,6 +100,17 @@ def cached_features(model: SiameseModel, run: Run, names: Sequence[str], paths: 
 
     shards.assemble(cache, write_part, join)
     return load_npz(cache)["features"]
+
+
+TTAS = ("none", "flip")
+
+
+def score_tta(config: dict) -> str:
+    """A run config's ``score.tta``: ``none``, or ``flip`` (features of the photo and its mirror averaged)."""
+    tta = str((config.get("score") or {}).get("tta", "none") or "none")
+    if tta not in TTAS:
+        raise InputError(None, f"score.tta must be one of {', '.join(TTAS)}, not {tta!r}")
+    return tta
 
 
 def self_pairs(query: Sequence[str], gallery: Sequence[str]) -> np.ndarray:

@@ -11,8 +11,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from data.config import load_config  # noqa: E402
+from data.config import apply_override, load_config  # noqa: E402
 from data.errors import InputError  # noqa: E402
+from data.settings import Settings  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "synthetic"
 DEFAULT_WORK_DIR = REPO_ROOT / "work"
@@ -34,16 +35,16 @@ def parser(description: str, default_config: str | None = None) -> argparse.Argu
     return p
 
 
-def config_from(args: argparse.Namespace) -> dict:
+def config_from(args: argparse.Namespace, schema: type = Settings) -> dict:
+    """``--config`` with its ``--set`` overrides, checked against ``schema`` (:mod:`data.settings`) and with every
+    default filled in; without ``--config``, only the overrides (checked, no defaults added)."""
     path = getattr(args, "config", None)
     if path is None:
         cfg: dict = {}
-        from data.config import apply_override
-
         for item in args.overrides:
-            apply_override(cfg, item)
+            apply_override(cfg, item, schema)
         return cfg
-    return load_config(path, args.overrides)
+    return load_config(path, args.overrides, schema)
 
 
 def run(main: Callable[[], int | None]) -> None:

@@ -30,6 +30,7 @@ from bbox.predict import (
 from bbox.sheet import contact_sheet, pick_for_sheet
 from data.catalog import load_catalog, read_boxes
 from data.errors import InputError
+from data.settings import Bbox
 
 
 def main() -> int:
@@ -46,7 +47,7 @@ def main() -> int:
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the config's train.device)")
     args = p.parse_args()
-    cfg = _cli.config_from(args)
+    cfg = _cli.config_from(args, Bbox)
     catalog = load_catalog(args.data_dir, need_test=False)
     names = catalog.train["Image"].tolist()
     paths = [catalog.train_path(n) for n in names]

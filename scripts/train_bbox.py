@@ -19,10 +19,11 @@ from pathlib import Path
 import _cli
 from bbox.data import resolve_paths
 from bbox.predict import write_boxes
-from bbox.train import fold_summary, full_config, train_folds
+from bbox.train import fold_summary, train_folds
 from data.catalog import read_boxes
 from data.errors import InputError
 from data.io import write_csv
+from data.settings import Bbox
 
 
 def main() -> int:
@@ -33,7 +34,7 @@ def main() -> int:
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the config's train.device)")
     args = p.parse_args()
-    cfg = full_config(_cli.config_from(args))
+    cfg = _cli.config_from(args, Bbox)
     if args.device:
         cfg["train"]["device"] = args.device
     boxes_csv = args.boxes or args.data_dir / "truth_boxes.csv"

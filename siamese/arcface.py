@@ -17,6 +17,7 @@ from torch import nn
 
 from data.errors import InputError
 from siamese.branch import Branch, branch_shape, create_branch
+from siamese.neck import Neck
 
 FAMILY = "arcface"
 
@@ -24,23 +25,6 @@ FAMILY = "arcface"
 def is_embedding_config(cfg: Mapping[str, Any]) -> bool:
     """True when a run config (``model.family``) asks for the embedding family."""
     return str(cfg.get("model", {}).get("family", "siamese")) == FAMILY
-
-
-class Neck(nn.Module):
-    """``BatchNorm1d(D) -> Dropout -> Linear(D, E) -> BatchNorm1d(E)``: branch features to the embedding."""
-
-    def __init__(self, in_dim: int, dim: int = 512, dropout: float = 0.0):
-        super().__init__()
-        if not 0.0 <= dropout < 1.0:
-            raise InputError(None, f"neck_dropout must be in [0, 1), not {dropout}")
-        self.bn_in = nn.BatchNorm1d(in_dim)
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(in_dim, dim)
-        self.bn_out = nn.BatchNorm1d(dim)
-        self.out_dim = dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn_out(self.fc(self.drop(self.bn_in(x.float()))))
 
 
 class ArcMarginHead(nn.Module):

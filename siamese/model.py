@@ -11,34 +11,61 @@ from torch import nn
 from data.errors import InputError
 from siamese.branch import Branch, branch_shape, create_branch
 from siamese.head import HEAD_INITS, PairHead
+from siamese.neck import Neck, neck_settings
+
+
+class Encoder(nn.Module):
+    """Branch then neck (identity without one): images to the features the pair head reads."""
+
+    def __init__(self, branch: Branch, neck: nn.Module):
+        super().__init__()
+        self.branch = branch
+        self.neck = neck
+        self.out_dim = int(getattr(neck, "out_dim", branch.out_dim))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.neck(self.branch(images))
 
 
 class SiameseModel(nn.Module):
-    """``forward(a, b) -> logits [B]`` for image pairs; ``features`` and ``score`` for the two halves."""
+    """``forward(a, b) -> logits [B]`` for image pairs; ``features`` and ``score`` for the two halves.
 
-    def __init__(self, branch: Branch, head: PairHead):
+    ``neck`` (optional, :class:`siamese.neck.Neck`) sits between the branch and the head; without one it is
+    an identity with no parameters, so checkpoints of neck-less models keep their keys."""
+
+    def __init__(self, branch: Branch, head: PairHead, neck: nn.Module | None = None):
         super().__init__()
         self.branch = branch
+        self.neck = neck if neck is not None else nn.Identity()
         self.head = head
 
+    @property
+    def has_neck(self) -> bool:
+        return not isinstance(self.neck, nn.Identity)
+
+    def encoder(self) -> Encoder:
+        """Images -> head features (branch and neck, sharing this model's modules)."""
+        return Encoder(self.branch, self.neck)
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.branch(images)
+        return self.neck(self.branch(images))
 
     def score(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
         return self.head(fa, fb)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if a.shape == b.shape:  # one branch pass for both sides
-            fa, fb = self.branch(torch.cat([a, b])).split(len(a))
+            fa, fb = self.features(torch.cat([a, b])).split(len(a))
         else:
-            fa, fb = self.branch(a), self.branch(b)
+            fa, fb = self.features(a), self.features(b)
         return self.head(fa, fb)
 
 
 def build_model(cfg: Mapping[str, Any]) -> SiameseModel:
     """A model from a config section: ``branch`` (required), ``in_chans`` (3), ``pool`` (max),
     ``pretrained`` (false), ``weights`` (null), ``normalize`` (false), ``head_hidden`` (32), ``head_init``
-    (mean or cosine); other keys are ignored."""
+    (mean or cosine), ``neck`` (null, or ``{dim, dropout}``: a trainable neck before the head); other keys are
+    ignored."""
     if not cfg.get("branch"):
         raise InputError(None, "the model config needs a 'branch' (a timm model name or 'kernel')")
     weights = cfg.get("weights")
@@ -49,4 +76,7 @@ def build_model(cfg: Mapping[str, Any]) -> SiameseModel:
     init = str(cfg.get("head_init", "mean"))
     if init not in HEAD_INITS:
         raise InputError(None, f"model.head_init must be one of {', '.join(HEAD_INITS)}, not {init!r}")
-    return SiameseModel(branch, PairHead(branch.out_dim, hidden=int(cfg.get("head_hidden", 32)), init=init))
+    settings = neck_settings(cfg)
+    neck = None if settings is None else Neck(branch.out_dim, *settings)
+    dim = branch.out_dim if neck is None else neck.out_dim
+    return SiameseModel(branch, PairHead(dim, hidden=int(cfg.get("head_hidden", 32)), init=init), neck)

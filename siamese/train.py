@@ -17,6 +17,7 @@ from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from data.datasets import ImageDataset, PairDataset, make_loader
+from data.errors import InputError
 from data.io import write_csv
 from matching.distributed import SINGLE, Shards
 from matching.ranking import tune_threshold
@@ -89,7 +90,11 @@ class Trainer:
         self.rows: list[dict] = []
         self.best_map5 = -1.0
         self._mine_scores: np.ndarray | None = None
-        self._frozen_feats: torch.Tensor | None = None
+        self._frozen_feats: torch.Tensor | None = None  # [1 + frozen_views, mining images, D] trunk features
+        self._trunk_cache: dict[str, np.ndarray] = {}  # validation trunk features while the trunk stays frozen
+        self.frozen_views = int(self.tcfg.get("frozen_views", 0) or 0)
+        if self.frozen_views < 0:
+            raise InputError(None, f"train.frozen_views must be >= 0, not {self.frozen_views}")
 
     # ---- features and scores -------------------------------------------------------------
     def _features(self, paths, boxes, size: int, desc: str, view: int = 0) -> np.ndarray:
@@ -107,6 +112,30 @@ class Trainer:
                                 desc=desc, view=view, seed=self.seed,
                                 augment_strength=float(self.tcfg.get("augment_strength", 1.0)))
 
+    @torch.no_grad()
+    def _head_features(self, trunk: np.ndarray | torch.Tensor) -> np.ndarray:
+        """What the pair head reads: the neck (in eval mode) over trunk features; the features themselves
+        when the model has no neck."""
+        if not self.model.has_neck:
+            return trunk.cpu().numpy() if isinstance(trunk, torch.Tensor) else trunk
+        neck = self.model.neck
+        was_training = neck.training
+        neck.eval()
+        x = torch.as_tensor(trunk).to(self.device)
+        out = torch.cat([neck(x[i:i + 4096]) for i in range(0, len(x), 4096)]) if len(x) else x[:, :neck.out_dim]
+        neck.train(was_training)
+        return out.float().cpu().numpy()
+
+    def _encode(self, paths, boxes, size: int, desc: str) -> np.ndarray:
+        """Head features of the test-time crops of ``paths``; in a frozen block their trunk features are computed
+        once and kept while the trunk stays frozen."""
+        if self._frozen_feats is None:
+            return self._head_features(self._features(paths, boxes, size, desc))
+        key = f"{desc}|{size}"
+        if key not in self._trunk_cache:
+            self._trunk_cache[key] = self._features(paths, boxes, size, desc)
+        return self._head_features(self._trunk_cache[key])
+
     def _scores(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
         """The head over every query x gallery pair; with several ranks each scores its query rows."""
         part = score_matrix(self.model.head, query[self.shards.rows(len(query))], gallery, device=self.device,
@@ -122,9 +151,9 @@ class Trainer:
         """Validation MAP@5 of the fold (threshold tuned for ``new_whale``) and that threshold."""
         d = self.data
         known = d.train_labels != NEW_WHALE
-        gallery = self._features([p for p, k in zip(d.train_paths, known) if k],
-                                 [b for b, k in zip(d.train_boxes, known) if k], size, "gallery features")
-        query = self._features(d.val_paths, d.val_boxes, size, "validation features")
+        gallery = self._encode([p for p, k in zip(d.train_paths, known) if k],
+                               [b for b, k in zip(d.train_boxes, known) if k], size, "gallery features")
+        query = self._encode(d.val_paths, d.val_boxes, size, "validation features")
         scores = self._scores(query, gallery)
         threshold, map5 = tune_threshold(scores, list(d.train_labels[known]), list(d.val_labels),
                                          mode=self.tcfg.get("val_mode", "sum"))
@@ -148,15 +177,35 @@ class Trainer:
         (every rank must take part in each step)."""
         return [(share, size) if share else ([0], -size) for share, size in self.shards.batches(n, batch)]
 
-    def _train_frozen(self, pairs, targets, block: Block, desc: str) -> float:
+    def _frozen_views(self, pairs, targets, rng_seed: list[int]):
+        """The epoch's pairs once per cached view (``1 + train.frozen_views`` rounds), each side of each pair
+        on a view drawn at random: ``(pairs, targets, views [n, 2])``. Without extra views: view 0 throughout."""
+        rounds = self._frozen_feats.shape[0]
+        if rounds == 1:
+            return pairs, targets, np.zeros((len(pairs), 2), np.int64)
+        rng = np.random.default_rng(rng_seed)
+        pairs, targets = np.tile(pairs, (rounds, 1)), np.tile(targets, rounds)
+        views = rng.integers(0, rounds, size=(len(pairs), 2))
+        order = rng.permutation(len(pairs))
+        return pairs[order], targets[order], views[order]
+
+    def _trainable_head(self) -> list[torch.nn.Parameter]:
+        """What a frozen-branch block trains: the neck (when there is one) and the pair head."""
+        return list(self.model.neck.parameters()) + list(self.model.head.parameters())
+
+    def _train_frozen(self, pairs, targets, views, block: Block, desc: str) -> float:
         feats = self._frozen_feats
+        self.model.neck.train()
         self.model.head.train()
         total, n = 0.0, 0
         for share, size in tqdm(self._local_batches(len(pairs), block.batch), desc=desc, leave=False,
                                 unit="batch", disable=not self.shards.main):
             idx = torch.from_numpy(pairs[share])
+            view = torch.from_numpy(views[share])
             y = torch.from_numpy(targets[share]).to(self.device)
-            total += self._step(self.model.head(feats[idx[:, 0]], feats[idx[:, 1]]), y, size, sync=True)
+            fa = self.model.neck(feats[view[:, 0], idx[:, 0]])
+            fb = self.model.neck(feats[view[:, 1], idx[:, 1]])
+            total += self._step(self.model.head(fa, fb), y, size, sync=True)
             n += len(y) if size > 0 else 0
         return self._epoch_loss(total, n)
 
@@ -178,7 +227,7 @@ class Trainer:
             return float(losses.detach().sum())
         loss.backward()
         if self.shards.world > 1:
-            for p in self.model.head.parameters():
+            for p in self._trainable_head():
                 if p.grad is not None:
                     torch.distributed.all_reduce(p.grad)
         self.optimizer.step()
@@ -238,13 +287,13 @@ class Trainer:
         torch.manual_seed(self.seed * 1_000_003 + g)
         random_k = float(self.tcfg.get("random_k", 100))
         if block.freeze_branch and self._frozen_feats is None:
-            self._frozen_feats = torch.from_numpy(self._mining_features(stage.size)).to(self.device)
+            self._frozen_feats = self._frozen_features(stage.size)
         if block.K >= random_k:
             scores = None
         else:
             if self._mine_scores is None or pos.epoch % int(self.tcfg.get("mine_every", 1)) == 0:
-                feats = (self._frozen_feats.cpu().numpy() if block.freeze_branch
-                         else self._mining_features(stage.size))
+                feats = self._head_features(self._frozen_feats[0] if block.freeze_branch
+                                            else self._mining_features(stage.size))
                 self._mine_scores = self._scores(feats, feats)
             scores = self._mine_scores
         pairs, targets = self._epoch_pairs(block, rng, scores)
@@ -253,8 +302,19 @@ class Trainer:
         desc = (f"{stage.size}px block {pos.block + 1}/{len(stage.blocks)} "
                 f"epoch {pos.epoch + 1}/{block.epochs}")
         if block.freeze_branch:
-            return self._train_frozen(pairs, targets, block, desc)
+            pairs, targets, views = self._frozen_views(pairs, targets, [self.seed, g, 1])
+            return self._train_frozen(pairs, targets, views, block, desc)
         return self._train_images(pairs, targets, block, stage.size, g, desc)
+
+    def _frozen_features(self, size: int) -> torch.Tensor:
+        """Trunk features of the mining images for a frozen block, ``[1 + frozen_views, N, D]``: the test-time crop,
+        then ``train.frozen_views`` random training views."""
+        d = self.data
+        paths = [d.train_paths[i] for i in self.mine_idx]
+        boxes = [d.train_boxes[i] for i in self.mine_idx]
+        views = [self._features(paths, boxes, size, "mining features" if v == 0 else f"mining features, view {v}", v)
+                 for v in range(self.frozen_views + 1)]
+        return torch.from_numpy(np.stack(views)).to(self.device)
 
     # ---- checkpoints --------------------------------------------------------------------
     def _save(self, path: Path, state: dict) -> None:
@@ -269,7 +329,8 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """A fresh optimizer (every stage starts with one); the lr is set by each block."""
-        return torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        return torch.optim.Adam(self.model.parameters(), lr=1e-4,
+                                weight_decay=float(self.tcfg.get("weight_decay", 0.0) or 0.0))
 
     def _extra_state(self) -> dict:
         """What ``last.pt`` holds beside the model, optimizer, position and metrics: the miner's memory."""
@@ -341,8 +402,10 @@ class Trainer:
         while pos.stage < len(self.stages):
             stage, block = self.stages[pos.stage], self.stages[pos.stage].blocks[pos.block]
             if pos.epoch == 0:
-                self._frozen_feats = None
                 self._mine_scores = None
+                if not self._trunk_unchanged(pos):
+                    self._frozen_feats = None
+                    self._trunk_cache = {}
             t0 = time.perf_counter()
             loss = self._run_epoch(pos)
             row = {"size": stage.size, "block": pos.block + 1, "epoch": pos.epoch + 1,
@@ -370,13 +433,20 @@ class Trainer:
             pos = nxt
         return pd.DataFrame(self.rows)
 
+    def _trunk_unchanged(self, pos: Position) -> bool:
+        """True at the start of a frozen block that follows a frozen block of the same stage: the trunk has not
+        changed since its cached features were computed, so they are kept."""
+        blocks = self.stages[pos.stage].blocks
+        return (pos.block > 0 and blocks[pos.block].freeze_branch and blocks[pos.block - 1].freeze_branch
+                and self._frozen_feats is not None)
+
     def _begin(self) -> None:
         """Before the first epoch of a fresh run: fit the cosine head's scale and offset to the branch's
         features (``model.head_init: cosine``), and with ``train.validate_start`` score the untrained model
         as row ``block 0`` of the first stage, so that ``best.pt`` is never worse than where training began."""
         stage = self.stages[0]
         if self.cfg["model"].get("head_init", "mean") == "cosine":
-            feats = self._mining_features(stage.size)
+            feats = self._head_features(self._mining_features(stage.size))
             scale, offset = calibrate_cosine_head(self.model.head, feats, self.mine_labels)
             self.log(f"cosine head: scale {scale:.2f}, offset {offset:.3f} (fitted on {len(feats)} images)")
         if not self.tcfg.get("validate_start", False):

@@ -17,6 +17,7 @@ from data.errors import InputError
 
 TINY = {
     "backbone": "mobilenetv3_small_050",
+    "weights": None,  # the default is efficientnet_lite0's shipped weights
     "fpn_channels": 16,
     "box_head": 32,
     "min_size": 64,

@@ -155,13 +155,14 @@ def test_photos_without_a_box_are_reported_and_a_stale_report_removed(tmp_path):
 @pytest.mark.slow
 def test_demo_config_reaches_iou_0_8_on_held_out_synthetic_photos(tmp_path):
     from data.config import load_config
+    from data.settings import Bbox
     from data.synthetic import SynthConfig, write_catalog
 
     catalog = tmp_path / "synthetic"
     write_catalog(catalog, SynthConfig(seed=7, individuals=40, test_photos=40), progress=False)
     boxes = read_boxes(catalog / "truth_boxes.csv")
     paths = {n: catalog / ("train" if (catalog / "train" / n).is_file() else "test") / n for n in boxes}
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "bbox.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "bbox.yaml", schema=Bbox)
     reports = train_folds(boxes, paths, cfg, tmp_path / "work", progress=False)
     summary = bbox_train.fold_summary(reports, boxes)
     assert summary["mean_iou"].iloc[-1] >= 0.8, summary.to_string()

@@ -17,7 +17,7 @@ def test_real_cpu_config_is_a_frozen_lite0_schedule_with_valid_folds():
     cfg = load_config(REAL_CPU)
     assert cfg["model"]["name"] == "real_cpu"
     assert cfg["model"]["branch"] == "efficientnet_lite0" and cfg["model"]["pretrained"] is True
-    assert cfg["score"]["budget_mb"] > 0  # inherited from base.yaml
+    assert cfg["keypoints"]["enabled"] is True
     blocks = [b for stage in cfg["train"]["stages"] for b in stage["blocks"]]
     assert blocks and all(b["freeze_branch"] for b in blocks)
     folds, n_folds = chain_folds(cfg, REAL_CPU)

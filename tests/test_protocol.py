@@ -265,3 +265,186 @@ def test_right_whale_protocol(tmp_path):
     check_invariants(source, out, cfg)
     cat = load_catalog(out)
     assert len(cat.test_images) == s.queries and len(cat.train) == s.catalog_photos
+
+
+# N-way one-shot tasks ------------------------------------------------------------------------------------
+
+OMNIGLOT = REPO.parent / "shared" / "data" / "omniglot"
+GROUP_SIZES = {"Alpha": 5, "Beta": 4, "Gamma": 3, "Delta": 2}
+
+
+def _grouped_catalog(root: Path, sizes: dict[str, int], photos: int = 3) -> Path:
+    """Classes ``<group>/c<k>`` with ``photos`` 1-bit PNGs each (distinct noise), plus ``Solo`` (an Id without
+    '/'), ``Alpha/lonely`` with a single photo and two new_whale photos."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = [(f"{g}/c{k}", p) for g, n in sizes.items() for k in range(n) for p in range(photos)]
+    rows += [("Solo", 0), ("Solo", 1), ("Alpha/lonely", 0), (NEW_WHALE, 0), (NEW_WHALE, 1)]
+    records = []
+    for ident, p in rows:
+        name = f"{ident.replace('/', '_')}/{p:02d}.png"
+        path = root / "train" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.random((12, 12)) > 0.5).save(path)
+        records.append((name, ident))
+    pd.DataFrame(records, columns=["Image", "Id"]).to_csv(root / "train.csv", index=False)
+    return root
+
+
+@pytest.fixture()
+def grouped(tmp_path) -> Path:
+    return _grouped_catalog(tmp_path / "src", GROUP_SIZES)
+
+
+def _tasks(out: Path) -> list[Path]:
+    return sorted(out.glob("task_*"))
+
+
+def test_group_of_is_the_id_before_the_first_slash():
+    assert protocol.group_of("Balinese/character01") == "Balinese"
+    assert protocol.group_of("a/b/c") == "a" and protocol.group_of("w_123") == "w_123"
+
+
+def test_one_shot_tasks_hold_out_whole_groups_one_shot_and_one_query_per_class(grouped, tmp_path):
+    cfg = protocol.OneShotConfig(ways=3, tasks=6, held_out_groups=2, seed=1)
+    out = tmp_path / "os"
+    s = protocol.write_one_shot(grouped, out, cfg)
+    source = read_train_csv(grouped / "train.csv")
+    src_id = dict(zip(source["Image"], source["Id"]))
+    record = json.loads((out / "protocol.json").read_text())
+    held = set(record["held_out_groups"])
+    assert len(held) == 2 and held == set(s.held_out_groups) and held <= set(GROUP_SIZES) | {"Solo"}
+    # The training catalog: every photo of the other groups (new_whale included), none of a held-out group.
+    catalog = load_catalog(out / "catalog", need_test=False).train
+    assert not {protocol.group_of(i) for i in catalog["Id"]} & held
+    kept = source[~source["Id"].map(lambda i: i != NEW_WHALE and protocol.group_of(i) in held)]
+    assert list(catalog["Image"]) == list(kept["Image"]) and (catalog["Id"] == NEW_WHALE).sum() == 2
+    assert not (out / "catalog" / "test").exists()
+    big = {g for g in held if GROUP_SIZES.get(g, 1) >= cfg.ways}
+    assert len(_tasks(out)) == cfg.tasks == s.tasks
+    for task in _tasks(out):
+        cat = load_catalog(task)
+        shots = cat.train
+        truth = read_train_csv(task / "truth.csv")
+        queries = pd.read_csv(task / "queries.csv", dtype=str)
+        assert len(shots) == shots["Id"].nunique() == cfg.ways  # N classes, one shot each
+        assert sorted(truth["Id"]) == sorted(shots["Id"])  # one query each
+        assert sorted(cat.test_images) == sorted(truth["Image"]) and list(queries["Image"]) == list(truth["Image"])
+        assert all(re.fullmatch(r"q_\d{5}\.png", n) for n in truth["Image"])
+        assert not set(queries["Source"]) & set(shots["Image"])  # a query is another photo than the shot
+        for name, ident, src in zip(truth["Image"], truth["Id"], queries["Source"]):
+            assert src_id[src] == ident
+            assert (task / "test" / name).read_bytes() == (grouped / "train" / src).read_bytes()
+        groups = {protocol.group_of(i) for i in shots["Id"]}
+        assert groups <= held and "Alpha/lonely" not in set(shots["Id"])
+        assert len(groups) == 1 if big else len(groups) >= 1
+    single = [t for t in record["tasks"] if len(t["groups"]) == 1]
+    assert s.single_group_tasks == len(single) == (cfg.tasks if big else s.single_group_tasks)
+
+
+def test_one_shot_tasks_take_turns_over_the_large_enough_groups(grouped, tmp_path):
+    cfg = protocol.OneShotConfig(ways=3, tasks=4, held_out_groups=3, groups=("Alpha", "Beta", "Delta"))
+    protocol.write_one_shot(grouped, tmp_path / "os", cfg)
+    record = json.loads((tmp_path / "os" / "protocol.json").read_text())
+    groups = [t["groups"] for t in record["tasks"]]
+    assert record["held_out_groups"] == ["Alpha", "Beta", "Delta"]
+    assert all(len(g) == 1 and g[0] in ("Alpha", "Beta") for g in groups)  # Delta has 2 classes < 3 ways
+    assert groups[0] == groups[2] and groups[1] == groups[3] and groups[0] != groups[1]
+    assert record["task_groups"] == "one group per task"
+
+
+def test_one_shot_tasks_mix_groups_when_none_has_enough_classes(grouped, tmp_path):
+    cfg = protocol.OneShotConfig(ways=5, tasks=5, held_out_groups=2, groups=("Beta", "Delta"))
+    s = protocol.write_one_shot(grouped, tmp_path / "os", cfg)
+    record = json.loads((tmp_path / "os" / "protocol.json").read_text())
+    assert s.single_group_tasks == 0 and "several" in record["task_groups"]
+    assert all(t["groups"] == ["Beta", "Delta"] for t in record["tasks"])  # 4 + 2 classes, 5 drawn: both
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ways": 8, "groups": ("Alpha", "Delta"), "held_out_groups": 2}, r"have 7 classes .* need 8"),
+        ({"ways": 6, "groups": ("Alpha",), "held_out_groups": 1}, r"have 5 classes"),  # 'lonely' has 1 photo
+        ({"ways": 2, "groups": ("Omega",), "held_out_groups": 1}, "unknown group"),
+        ({"ways": 2, "held_out_groups": 5}, "leaves no training catalog"),
+    ],
+)
+def test_one_shot_too_small_or_bad_groups_are_one_clear_error(grouped, tmp_path, kwargs, message):
+    with pytest.raises(InputError, match=message) as err:
+        protocol.write_one_shot(grouped, tmp_path / "os", protocol.OneShotConfig(**kwargs))
+    assert err.value.path == grouped / "train.csv" and "\n" not in str(err.value)
+    assert not (tmp_path / "os").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"ways": 1}, "ways"), ({"tasks": 0}, "tasks"), ({"held_out_groups": 0}, "held_out_groups"),
+     ({"groups": ("A", "A"), "held_out_groups": 2}, "twice"), ({"groups": ("A",), "held_out_groups": 2}, "differs")],
+)
+def test_bad_one_shot_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        protocol.OneShotConfig(**kwargs).check()
+
+
+def test_one_shot_same_seed_same_bytes_other_seed_other_tasks(grouped, tmp_path):
+    cfg = protocol.OneShotConfig(ways=3, tasks=3, held_out_groups=2, seed=4)
+    protocol.write_one_shot(grouped, tmp_path / "a", cfg)
+    protocol.write_one_shot(grouped, tmp_path / "b", cfg, link="copy")
+    protocol.write_one_shot(grouped, tmp_path / "c", protocol.OneShotConfig(ways=3, tasks=3, held_out_groups=2,
+                                                                           seed=5))
+    a, b, c = (_files(tmp_path / n) for n in "abc")
+    assert a == b
+    tasks = [k for k in a if k.startswith("task_") and k.endswith(("train.csv", "queries.csv"))]
+    assert tasks and any(a[k] != c.get(k) for k in tasks)
+    # A protocol folder may be replaced with --force, and only then.
+    with pytest.raises(InputError, match="already exists"):
+        protocol.write_one_shot(grouped, tmp_path / "a", cfg)
+    protocol.write_one_shot(grouped, tmp_path / "a", cfg, force=True)
+    assert _files(tmp_path / "a") == b
+
+
+def test_one_shot_failure_midway_leaves_nothing_behind(grouped, tmp_path, monkeypatch):
+    real, calls = protocol.place_file, []
+
+    def flaky(src, dst, mode):
+        calls.append(dst)
+        if len(calls) == 30:
+            raise OSError("disk full")
+        return real(src, dst, mode)
+
+    monkeypatch.setattr(protocol, "place_file", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        protocol.write_one_shot(grouped, tmp_path / "out", protocol.OneShotConfig(ways=3, tasks=2))
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+def test_script_one_shot_mode_and_flags_of_the_other_mode(grouped, tmp_path):
+    out = tmp_path / "p"
+    res = _script("--data-dir", str(grouped), "--out", str(out), "--one-shot", "3", "--tasks", "2",
+                  "--groups", "Alpha", "Beta")
+    assert res.returncode == 0, res.stderr
+    assert "held out: 2 groups (Alpha, Beta)" in res.stdout
+    assert "2 x 3-way one-shot (2 from a single group)" in res.stdout
+    assert len(_tasks(out)) == 2 and (out / "catalog" / "train.csv").is_file()
+    res = _script("--data-dir", str(grouped), "--out", str(tmp_path / "q"), "--one-shot", "3", "--min-photos", "2")
+    assert res.returncode == 2 and "--min-photos apply only without --one-shot" in res.stderr
+    res = _script("--data-dir", str(grouped), "--out", str(tmp_path / "q"), "--tasks", "3")
+    assert res.returncode == 2 and "--tasks need --one-shot" in res.stderr and not (tmp_path / "q").exists()
+    res = _script("--data-dir", str(grouped), "--out", str(tmp_path / "q"), "--one-shot", "9")
+    assert res.returncode == 2 and "need 9" in res.stderr and res.stderr.count("\n") == 1
+    res = _script("--help")
+    assert res.returncode == 0 and "--one-shot N" in res.stdout and "--held-out-groups 2" in res.stdout
+
+
+@pytest.mark.skipif(not (OMNIGLOT / "train.csv").is_file(), reason="omniglot catalog not present")
+def test_omniglot_ids_are_accepted_and_give_single_alphabet_tasks(tmp_path):
+    cfg = protocol.OneShotConfig(ways=20, tasks=2, held_out_groups=2, seed=0)
+    s = protocol.write_one_shot(OMNIGLOT, tmp_path / "omni", cfg, link="symlink")
+    source = read_train_csv(OMNIGLOT / "train.csv")
+    held = source[source["Id"].map(protocol.group_of).isin(s.held_out_groups)]
+    assert s.catalog_photos == len(source) - len(held) and s.single_group_tasks == 2
+    shots = read_train_csv(tmp_path / "omni" / "task_000" / "train.csv")
+    assert len(shots) == 20 and shots["Id"].map(protocol.group_of).nunique() == 1

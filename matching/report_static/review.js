@@ -1,98 +1,423 @@
-(function(){
-"use strict";
-const D=JSON.parse(document.getElementById("data").textContent);
-const Q=D.queries,T=D.thumbs,H=D.rowHeight,KEY="whale-review:"+D.id;
-const list=document.getElementById("list"),count=document.getElementById("count");
-const el={wrong:byId("f-wrong"),neww:byId("f-new"),min:byId("f-min"),max:byId("f-max"),sort:byId("f-sort")};
-let view=[],cur=0,shown=new Map(),dec=JSON.parse(localStorage.getItem(KEY)||"{}");
-function byId(i){return document.getElementById(i);}
-function mk(tag,cls,text){const e=document.createElement(tag);if(cls)e.className=cls;if(text!=null)e.textContent=text;return e;}
-function fmt(s){return s==null?"\u2014":s.toFixed(3);}
-function readHash(){
-  const p=new URLSearchParams(location.hash.slice(1));
-  el.wrong.checked=p.get("wrong")==="1";el.neww.checked=p.get("new")==="1";
-  el.min.value=p.get("min")||"";el.max.value=p.get("max")||"";el.sort.value=p.get("sort")||"";
-  return parseInt(p.get("q")||"0",10)||0;
-}
-function writeHash(){
-  const p=new URLSearchParams();
-  if(el.wrong.checked)p.set("wrong","1");if(el.neww.checked)p.set("new","1");
-  if(el.min.value!=="")p.set("min",el.min.value);if(el.max.value!=="")p.set("max",el.max.value);
-  if(el.sort.value)p.set("sort",el.sort.value);if(cur)p.set("q",String(cur));
-  history.replaceState(null,"","#"+p.toString());
-}
-function apply(q0){
-  const lo=el.min.value===""?-Infinity:+el.min.value,hi=el.max.value===""?Infinity:+el.max.value;
-  view=[];
-  for(let i=0;i<Q.length;i++){const q=Q[i];
-    if(el.wrong.checked&&!(q.r!=null&&q.r!==1))continue;
-    if(el.neww.checked&&q.c[0][0]!=="new_whale")continue;
-    if(q.b<lo||q.b>hi)continue;view.push(i);}
-  if(el.sort.value==="asc")view.sort((a,b)=>Q[a].f-Q[b].f||a-b);
-  if(el.sort.value==="desc")view.sort((a,b)=>Q[b].f-Q[a].f||a-b);
-  count.textContent=view.length+" of "+Q.length+" queries";
-  for(const e of shown.values())e.remove();shown.clear();
-  list.style.height=(view.length*H)+"px";
-  cur=Math.max(0,Math.min(q0||0,view.length-1));render();
-}
-function tile(cls,src,lines,title){
-  const t=mk("div","tile "+cls),box=mk("div","im");
-  if(src>=0){const im=mk("img");im.loading="lazy";im.decoding="async";im.src=T[src];im.alt=lines[0];box.appendChild(im);}
-  else box.textContent=cls.indexOf("nw")>=0?"new_whale":"no photo";
-  t.appendChild(box);for(const l of lines)t.appendChild(mk("div","cap",l));t.title=title;return t;
-}
-function row(v){
-  const q=Q[view[v]],r=mk("div","row"+(v===cur?" cur":""));r.style.top=(v*H)+"px";r.dataset.v=v;r.dataset.image=q.n;
-  const tag=q.r==null?"":(q.r===1?"\u2713 correct":(q.r>0?"truth at rank "+q.r:"\u2717 truth not in top 5"));
-  const d=dec[q.n];
-  const qt=tile("q",q.t,[(v+1)+". "+q.n,"best "+fmt(q.b)+" \u00b7 conf "+fmt(q.f),
-    q.y==null?"truth unknown":"truth "+q.y],q.n),ln=mk("div","cap");
-  if(tag)ln.appendChild(mk("span","tag "+(q.r===1?"ok":"bad"),tag+" "));
-  if(d)ln.appendChild(mk("span","dec","decision: "+d));qt.appendChild(ln);
-  r.appendChild(qt);
-  q.c.forEach(function(c,k){
-    const cls="cand"+(c[0]==="new_whale"?" nw":"")+(c[4]===1?" ok":c[4]===0?" bad":"")+(d===c[0]?" pick":"");
-    const t=tile(cls,c[3],[(k+1)+". "+c[0],"score "+fmt(c[1]),c[2]||""],c[2]||c[0]);
-    t.dataset.label=c[0];t.onclick=function(){cur=v;decide(c[0]);};r.appendChild(t);
+// The match-review page: one row per test query, showing the query photo and its five ranked candidates,
+// so a person can move through the queries with the keyboard and confirm or reject the matches.
+//
+// What it reads:
+// - the JSON in the script element #data (written by matching/report_page.py):
+//     queries    one object per query, in submission order (see page_data in matching/report.py):
+//                  n  image name             t  thumbnail index of the query photo (-1: none)
+//                  y  truth label or null     b  best score          f  confidence (the sort key)
+//                  r  rank of the truth: 1-5, 0 = not in the top 5, null = truth unknown
+//                  c  five candidates, each [label, score, catalog photo, thumbnail index, mark]
+//                     (mark 1 = the truth, 0 = not the truth, null = unknown)
+//     thumbs     image sources (file paths or data: URLs), indexed by the thumbnail indices above
+//     rowHeight  the height of one row in pixels (the same number is put into review.css for .row)
+//     id         names this page's decisions in localStorage ("whale-review:<id>")
+// - the filters in the header (#f-wrong, #f-new, #f-min, #f-max, #f-sort), mirrored in the URL hash
+//   (wrong=1, new=1, min=, max=, sort=asc|desc, q=<current row>) so a view can be bookmarked.
+//
+// Rows are absolutely positioned inside #list at (row number * rowHeight); only the rows in or near the
+// viewport exist in the DOM, built as they scroll into view. Each row is div.row (.cur when current) with
+// data-v (its position in the filtered list) and data-image; its tiles are div.tile.q (the query) and
+// div.tile.cand (candidates, with data-label and the classes nw, ok, bad, pick).
+//
+// Keys: j/k or the down/up arrows move between queries; 1-5 confirm that candidate (or click its tile);
+// x records "none"; u clears the decision. Decisions are kept in localStorage and #download saves them
+// as decisions.csv ("Image,Decision" then one line per decided image). When the script has run to its end
+// it sets data-ready="1" on the body.
+(function () {
+  "use strict";
+
+  const data = JSON.parse(document.getElementById("data").textContent);
+  const queries = data.queries;
+  const thumbs = data.thumbs;
+  const rowHeight = data.rowHeight;
+  const storageKey = "whale-review:" + data.id;
+
+  const list = byId("list");
+  const count = byId("count");
+  const controls = {
+    wrong: byId("f-wrong"),
+    newWhale: byId("f-new"),
+    min: byId("f-min"),
+    max: byId("f-max"),
+    sort: byId("f-sort"),
+  };
+
+  // indices into `queries` of the queries that pass the filters, in display order
+  let visible = [];
+  // position in `visible` of the current row
+  let current = 0;
+  // position in `visible` -> the row element, for the rows now in the DOM
+  const renderedRows = new Map();
+  // image name -> decision (a candidate's label, or "none")
+  const decisions = JSON.parse(localStorage.getItem(storageKey) || "{}");
+
+  // ---- small helpers ----
+
+  function byId(id) {
+    return document.getElementById(id);
+  }
+
+  function makeElement(tag, className, text) {
+    const element = document.createElement(tag);
+    if (className) {
+      element.className = className;
+    }
+    if (text != null) {
+      element.textContent = text;
+    }
+    return element;
+  }
+
+  function formatScore(score) {
+    return score == null ? "\u2014" : score.toFixed(3);
+  }
+
+  function clampToVisible(position) {
+    return Math.max(0, Math.min(position, visible.length - 1));
+  }
+
+  function currentQuery() {
+    return queries[visible[current]];
+  }
+
+  // ---- the URL hash holds the filters and the current row ----
+
+  // Sets the filter controls from the hash; returns the row number it names (0 when none).
+  function readHash() {
+    const params = new URLSearchParams(location.hash.slice(1));
+    controls.wrong.checked = params.get("wrong") === "1";
+    controls.newWhale.checked = params.get("new") === "1";
+    controls.min.value = params.get("min") || "";
+    controls.max.value = params.get("max") || "";
+    controls.sort.value = params.get("sort") || "";
+    return parseInt(params.get("q") || "0", 10) || 0;
+  }
+
+  function writeHash() {
+    const params = new URLSearchParams();
+    if (controls.wrong.checked) {
+      params.set("wrong", "1");
+    }
+    if (controls.newWhale.checked) {
+      params.set("new", "1");
+    }
+    if (controls.min.value !== "") {
+      params.set("min", controls.min.value);
+    }
+    if (controls.max.value !== "") {
+      params.set("max", controls.max.value);
+    }
+    if (controls.sort.value) {
+      params.set("sort", controls.sort.value);
+    }
+    if (current) {
+      params.set("q", String(current));
+    }
+    history.replaceState(null, "", "#" + params.toString());
+  }
+
+  // ---- filtering and sorting ----
+
+  function passesFilters(query, lowestBest, highestBest) {
+    const rankOneIsWrong = query.r != null && query.r !== 1;
+    if (controls.wrong.checked && !rankOneIsWrong) {
+      return false;
+    }
+    if (controls.newWhale.checked && query.c[0][0] !== "new_whale") {
+      return false;
+    }
+    if (query.b < lowestBest || query.b > highestBest) {
+      return false;
+    }
+    return true;
+  }
+
+  function sortVisible() {
+    // ties keep submission order
+    if (controls.sort.value === "asc") {
+      visible.sort((a, b) => queries[a].f - queries[b].f || a - b);
+    }
+    if (controls.sort.value === "desc") {
+      visible.sort((a, b) => queries[b].f - queries[a].f || a - b);
+    }
+  }
+
+  function removeAllRows() {
+    for (const row of renderedRows.values()) {
+      row.remove();
+    }
+    renderedRows.clear();
+  }
+
+  // Rebuilds the filtered list from the controls and makes row `startRow` current.
+  function applyFilters(startRow) {
+    const lowestBest = controls.min.value === "" ? -Infinity : +controls.min.value;
+    const highestBest = controls.max.value === "" ? Infinity : +controls.max.value;
+    visible = [];
+    for (let i = 0; i < queries.length; i++) {
+      if (passesFilters(queries[i], lowestBest, highestBest)) {
+        visible.push(i);
+      }
+    }
+    sortVisible();
+    count.textContent = visible.length + " of " + queries.length + " queries";
+    removeAllRows();
+    list.style.height = (visible.length * rowHeight) + "px";
+    current = clampToVisible(startRow || 0);
+    renderRowsInView();
+  }
+
+  // ---- building rows ----
+
+  // One photo tile: the image (or a placeholder), then one caption line per entry of `lines`.
+  function makeTile(className, thumbIndex, lines, title) {
+    const tile = makeElement("div", "tile " + className);
+    const imageBox = makeElement("div", "im");
+    if (thumbIndex >= 0) {
+      const image = makeElement("img");
+      image.loading = "lazy";
+      image.decoding = "async";
+      image.src = thumbs[thumbIndex];
+      image.alt = lines[0];
+      imageBox.appendChild(image);
+    } else {
+      imageBox.textContent = className.indexOf("nw") >= 0 ? "new_whale" : "no photo";
+    }
+    tile.appendChild(imageBox);
+    for (const line of lines) {
+      tile.appendChild(makeElement("div", "cap", line));
+    }
+    tile.title = title;
+    return tile;
+  }
+
+  function truthTagText(query) {
+    if (query.r == null) {
+      return "";
+    }
+    if (query.r === 1) {
+      return "\u2713 correct";
+    }
+    if (query.r > 0) {
+      return "truth at rank " + query.r;
+    }
+    return "\u2717 truth not in top 5";
+  }
+
+  function makeQueryTile(query, position, decision) {
+    const lines = [
+      (position + 1) + ". " + query.n,
+      "best " + formatScore(query.b) + " \u00b7 conf " + formatScore(query.f),
+      query.y == null ? "truth unknown" : "truth " + query.y,
+    ];
+    const tile = makeTile("q", query.t, lines, query.n);
+    const statusLine = makeElement("div", "cap");
+    const tag = truthTagText(query);
+    if (tag) {
+      statusLine.appendChild(makeElement("span", "tag " + (query.r === 1 ? "ok" : "bad"), tag + " "));
+    }
+    if (decision) {
+      statusLine.appendChild(makeElement("span", "dec", "decision: " + decision));
+    }
+    tile.appendChild(statusLine);
+    return tile;
+  }
+
+  // candidate = [label, score, catalog photo, thumbnail index, mark]
+  function makeCandidateTile(candidate, rank, position, decision) {
+    const label = candidate[0];
+    const score = candidate[1];
+    const photo = candidate[2];
+    const thumbIndex = candidate[3];
+    const mark = candidate[4];
+    let className = "cand";
+    if (label === "new_whale") {
+      className += " nw";
+    }
+    if (mark === 1) {
+      className += " ok";
+    } else if (mark === 0) {
+      className += " bad";
+    }
+    if (decision === label) {
+      className += " pick";
+    }
+    const lines = [(rank + 1) + ". " + label, "score " + formatScore(score), photo || ""];
+    const tile = makeTile(className, thumbIndex, lines, photo || label);
+    tile.dataset.label = label;
+    tile.onclick = function () {
+      current = position;
+      decide(label);
+    };
+    return tile;
+  }
+
+  // The row at `position` in the filtered list.
+  function makeRow(position) {
+    const query = queries[visible[position]];
+    const row = makeElement("div", "row" + (position === current ? " cur" : ""));
+    row.style.top = (position * rowHeight) + "px";
+    row.dataset.v = position;
+    row.dataset.image = query.n;
+    const decision = decisions[query.n];
+    row.appendChild(makeQueryTile(query, position, decision));
+    query.c.forEach(function (candidate, rank) {
+      row.appendChild(makeCandidateTile(candidate, rank, position, decision));
+    });
+    return row;
+  }
+
+  // ---- keeping only the rows near the viewport in the DOM ----
+
+  function renderRowsInView() {
+    const listTop = list.getBoundingClientRect().top + scrollY;
+    const margin = 4; // rows kept above and below the viewport
+    const first = Math.max(0, Math.floor((scrollY - listTop) / rowHeight) - margin);
+    const end = Math.min(visible.length, Math.ceil((scrollY + innerHeight - listTop) / rowHeight) + margin);
+    for (const [position, row] of renderedRows) {
+      if (position < first || position >= end) {
+        row.remove();
+        renderedRows.delete(position);
+      }
+    }
+    for (let position = first; position < end; position++) {
+      if (!renderedRows.has(position)) {
+        const row = makeRow(position);
+        renderedRows.set(position, row);
+        list.appendChild(row);
+      }
+    }
+  }
+
+  // Rebuilds one row if it is in the DOM (after the current row or a decision changed).
+  function redrawRow(position) {
+    const oldRow = renderedRows.get(position);
+    if (oldRow) {
+      const newRow = makeRow(position);
+      oldRow.replaceWith(newRow);
+      renderedRows.set(position, newRow);
+    }
+  }
+
+  // ---- moving and deciding ----
+
+  // Scrolls so that the current row is visible below the sticky header.
+  function scrollToCurrent() {
+    const rowTop = list.getBoundingClientRect().top + scrollY + current * rowHeight;
+    const headerHeight = document.querySelector("header").offsetHeight;
+    if (rowTop < scrollY + headerHeight || rowTop + rowHeight > scrollY + innerHeight) {
+      scrollTo(0, rowTop - headerHeight - rowHeight);
+    }
+  }
+
+  function goTo(position) {
+    if (!visible.length) {
+      return;
+    }
+    const previous = current;
+    current = clampToVisible(position);
+    scrollToCurrent();
+    renderRowsInView();
+    redrawRow(previous);
+    redrawRow(current);
+    writeHash();
+  }
+
+  // Records `label` as the decision on the current query (null clears it).
+  function decide(label) {
+    const query = currentQuery();
+    if (!query) {
+      return;
+    }
+    if (label == null) {
+      delete decisions[query.n];
+    } else {
+      decisions[query.n] = label;
+    }
+    localStorage.setItem(storageKey, JSON.stringify(decisions));
+    redrawRow(current);
+    goTo(current);
+  }
+
+  // ---- decisions.csv ----
+
+  function decisionsCsv() {
+    const lines = ["Image,Decision"];
+    for (const image in decisions) {
+      lines.push(JSON.stringify(image) + "," + decisions[image]);
+    }
+    return lines.join("\n") + "\n";
+  }
+
+  function downloadDecisions() {
+    const link = makeElement("a");
+    link.href = URL.createObjectURL(new Blob([decisionsCsv()], { type: "text/csv" }));
+    link.download = "decisions.csv";
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+  }
+
+  // ---- keyboard ----
+
+  function onKeyDown(event) {
+    const tag = event.target.tagName;
+    if (tag === "INPUT" || tag === "SELECT" || event.ctrlKey || event.metaKey || event.altKey) {
+      return;
+    }
+    const key = event.key;
+    const query = currentQuery();
+    let handled = true;
+    if (key === "j" || key === "ArrowDown") {
+      goTo(current + 1);
+    } else if (key === "k" || key === "ArrowUp") {
+      goTo(current - 1);
+    } else if (key >= "1" && key <= "5" && query && query.c[+key - 1]) {
+      decide(query.c[+key - 1][0]);
+    } else if (key === "x") {
+      decide("none");
+    } else if (key === "u") {
+      decide(null);
+    } else {
+      handled = false;
+    }
+    if (handled) {
+      event.preventDefault();
+    }
+  }
+
+  // ---- wiring ----
+
+  byId("download").onclick = downloadDecisions;
+
+  for (const name in controls) {
+    controls[name].addEventListener("change", function () {
+      applyFilters(0);
+      writeHash();
+    });
+  }
+
+  // render at most once per animation frame while scrolling
+  let renderPending = false;
+  addEventListener("scroll", function () {
+    if (!renderPending) {
+      renderPending = true;
+      requestAnimationFrame(function () {
+        renderPending = false;
+        renderRowsInView();
+      });
+    }
   });
-  return r;
-}
-function render(){
-  const top=list.getBoundingClientRect().top+scrollY;
-  const a=Math.max(0,Math.floor((scrollY-top)/H)-4),b=Math.min(view.length,Math.ceil((scrollY+innerHeight-top)/H)+4);
-  for(const [v,e] of shown)if(v<a||v>=b){e.remove();shown.delete(v);}
-  for(let v=a;v<b;v++)if(!shown.has(v)){const e=row(v);shown.set(v,e);list.appendChild(e);}
-}
-function redraw(v){const e=shown.get(v);if(e){const n=row(v);e.replaceWith(n);shown.set(v,n);}}
-function go(v){
-  if(!view.length)return;const old=cur;cur=Math.max(0,Math.min(v,view.length-1));
-  const top=list.getBoundingClientRect().top+scrollY+cur*H,head=document.querySelector("header").offsetHeight;
-  if(top<scrollY+head||top+H>scrollY+innerHeight)scrollTo(0,top-head-H);
-  render();redraw(old);redraw(cur);writeHash();
-}
-function decide(label){
-  const q=Q[view[cur]];if(!q)return;
-  if(label==null)delete dec[q.n];else dec[q.n]=label;
-  localStorage.setItem(KEY,JSON.stringify(dec));redraw(cur);go(cur);
-}
-byId("download").onclick=function(){
-  const lines=["Image,Decision"];for(const k in dec)lines.push(JSON.stringify(k)+","+dec[k]);
-  const a=mk("a");a.href=URL.createObjectURL(new Blob([lines.join("\n")+"\n"],{type:"text/csv"}));
-  a.download="decisions.csv";document.body.appendChild(a);a.click();a.remove();
-};
-for(const k in el)el[k].addEventListener("change",function(){apply(0);writeHash();});
-let pending=false;
-addEventListener("scroll",function(){if(!pending){pending=true;requestAnimationFrame(function(){pending=false;render();});}});
-addEventListener("resize",render);
-addEventListener("hashchange",function(){apply(readHash());});
-addEventListener("keydown",function(e){
-  if(e.target.tagName==="INPUT"||e.target.tagName==="SELECT"||e.ctrlKey||e.metaKey||e.altKey)return;
-  const q=Q[view[cur]];let used=true;
-  if(e.key==="j"||e.key==="ArrowDown")go(cur+1);else if(e.key==="k"||e.key==="ArrowUp")go(cur-1);
-  else if(e.key>="1"&&e.key<="5"&&q&&q.c[+e.key-1])decide(q.c[+e.key-1][0]);
-  else if(e.key==="x")decide("none");else if(e.key==="u")decide(null);else used=false;
-  if(used)e.preventDefault();
-});
-apply(readHash());if(cur)go(cur);
-document.body.dataset.ready="1";
+  addEventListener("resize", renderRowsInView);
+  addEventListener("hashchange", function () {
+    applyFilters(readHash());
+  });
+  addEventListener("keydown", onKeyDown);
+
+  applyFilters(readHash());
+  if (current) {
+    goTo(current);
+  }
+  document.body.dataset.ready = "1";
 })();
