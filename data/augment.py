@@ -16,6 +16,34 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at im
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 
+AUGMENTS = ("fluke", "affine")
+
+
+def affine_augment(size: int, strength: float = 1.0) -> A.Compose:
+    """Koch et al.'s (2015) distortions for handwritten characters: rotation up to 10 degrees, shear up to 0.3
+    (about 17 degrees), scale 0.8-1.2 and a shift of up to 2 pixels at 105 px, each applied with probability 0.5;
+    ``strength`` scales the ranges. The border is filled with white (the paper's background)."""
+    s = strength
+    shift = 2.0 / 105.0 * s
+    steps: list[A.BasicTransform] = [A.Resize(size, size, interpolation=cv2.INTER_AREA)]
+    if s > 0:
+        fill = {"border_mode": cv2.BORDER_CONSTANT, "fill": 255}
+        steps += [A.Affine(rotate=(-10 * s, 10 * s), p=0.5, **fill),
+                  A.Affine(shear=(-17 * s, 17 * s), p=0.5, **fill),
+                  A.Affine(scale=(1 - 0.2 * s, 1 + 0.2 * s), p=0.5, **fill),
+                  A.Affine(translate_percent=(-shift, shift), p=0.5, **fill)]
+    return A.Compose(steps)
+
+
+def make_augment(kind: str, size: int, channels: int = 3, strength: float = 1.0) -> A.Compose:
+    """The training transform ``kind`` (``train.augment``): ``fluke`` (:func:`train_augment`, the 5th place's list)
+    or ``affine`` (:func:`affine_augment`, Koch's distortions for characters)."""
+    if kind == "affine":
+        return affine_augment(size, strength)
+    if kind == "fluke":
+        return train_augment(size, channels, strength)
+    raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, not {kind!r}")
+
 
 def train_augment(size: int, channels: int = 3, strength: float = 1.0) -> A.Compose:
     """The training transform for uint8 ``[size, size, channels]`` crops.

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from data.augment import train_augment
+from data.augment import make_augment
 from data.images import TEST_MARGIN, Box, load_crop, to_tensor
 
 TRAIN_MARGIN = (0.01, 0.09)  # random margin around the box in training, as a fraction of its size
@@ -46,7 +46,8 @@ class ImageDataset(Dataset):
     """Crops of ``paths`` around ``boxes`` as normalised ``[C, size, size]`` tensors.
 
     Test mode: margin 0.05, no augmentation. Train mode: a margin drawn from [0.01, 0.09] and
-    :func:`data.augment.train_augment` at ``augment_strength``, both seeded from ``(seed, epoch, index, draw)``.
+    :func:`data.augment.make_augment` (``augment``: fluke or affine) at ``augment_strength``, both seeded from
+    ``(seed, epoch, index, draw)``.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class ImageDataset(Dataset):
         seed: int = 0,
         max_megapixels: float = 60.0,
         augment_strength: float = 1.0,
+        augment: str = "fluke",
     ):
         if len(paths) != len(boxes):
             raise ValueError(f"{len(paths)} paths but {len(boxes)} boxes")
@@ -70,7 +72,7 @@ class ImageDataset(Dataset):
         self.train = train
         self.seed = seed
         self.max_megapixels = max_megapixels
-        self.augment = train_augment(size, channels, augment_strength) if train else None
+        self.augment = make_augment(augment, size, channels, augment_strength) if train else None
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     @property

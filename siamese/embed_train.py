@@ -261,7 +261,8 @@ class EmbedTrainer(Trainer):
         d = self.data
         images = ImageDataset(d.train_paths, d.train_boxes, size, channels=self.channels, train=True, seed=self.seed,
                               max_megapixels=float(self.cfg.get("data", {}).get("max_megapixels", 60)),
-                              augment_strength=float(self.tcfg.get("augment_strength", 1.0)))
+                              augment_strength=float(self.tcfg.get("augment_strength", 1.0)),
+                              augment=str(self.tcfg.get("augment", "fluke")))
         images.set_epoch(g)
         loader = make_loader(ItemImages(images, self.index, self.flip, self.cls, order), batch, shuffle=False,
                              workers=self.tcfg.get("workers"))

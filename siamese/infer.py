@@ -52,14 +52,15 @@ def compute_features(branch: torch.nn.Module, paths: Sequence[Path], boxes: Sequ
                      channels: int = 3, batch: int = 64, device: torch.device | str = "cpu",
                      workers: int | None = None, max_megapixels: float = 60.0,
                      amp: bool = True, desc: str = "features", view: int = 0, seed: int = 0,
-                     augment_strength: float = 1.0, flip_tta: bool = False) -> np.ndarray:
+                     augment_strength: float = 1.0, augment: str = "fluke",
+                     flip_tta: bool = False) -> np.ndarray:
     """The branch over every image, float32 ``[N, D]``, in input order: the test-time crop (margin 0.05) when
     ``view`` is 0, else random training view number ``view`` (training margin and augmentation at
     ``augment_strength``, seeded by ``seed``, the view and the image's position). ``flip_tta``: the mean of the
     features of each image and of its horizontal mirror."""
     device = torch.device(device)
     dataset = ImageDataset(list(paths), list(boxes), size, channels=channels, train=view > 0, seed=seed,
-                           max_megapixels=max_megapixels, augment_strength=augment_strength)
+                           max_megapixels=max_megapixels, augment_strength=augment_strength, augment=augment)
     if view > 0:
         dataset = _View(dataset, view)
     loader = make_loader(dataset, batch, shuffle=False, workers=workers)

@@ -44,8 +44,8 @@ class SiameseModel(nn.Module):
         return not isinstance(self.neck, nn.Identity)
 
     def encoder(self) -> Encoder:
-        """Images -> head features (branch and neck, sharing this model's modules)."""
-        return Encoder(self.branch, self.neck)
+        """Images -> head features (branch and neck, sharing this model's modules), in this model's mode."""
+        return Encoder(self.branch, self.neck).train(self.training)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.neck(self.branch(images))

@@ -110,7 +110,8 @@ class Trainer:
                                 workers=self.tcfg.get("workers"), amp=bool(self.tcfg.get("amp", True)),
                                 max_megapixels=float(self.cfg.get("data", {}).get("max_megapixels", 60)),
                                 desc=desc, view=view, seed=self.seed,
-                                augment_strength=float(self.tcfg.get("augment_strength", 1.0)))
+                                augment_strength=float(self.tcfg.get("augment_strength", 1.0)),
+                                augment=str(self.tcfg.get("augment", "fluke")))
 
     @torch.no_grad()
     def _head_features(self, trunk: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -252,7 +253,8 @@ class Trainer:
         images = ImageDataset([d.train_paths[i] for i in self.mine_idx], [d.train_boxes[i] for i in self.mine_idx],
                               size, channels=self.channels, train=True, seed=self.seed,
                               max_megapixels=float(self.cfg.get("data", {}).get("max_megapixels", 60)),
-                              augment_strength=float(self.tcfg.get("augment_strength", 1.0)))
+                              augment_strength=float(self.tcfg.get("augment_strength", 1.0)),
+                              augment=str(self.tcfg.get("augment", "fluke")))
         images.set_epoch(g)
         batches = self._local_batches(len(pairs), block.batch)
         local: list[int] = []
