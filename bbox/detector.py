@@ -24,7 +24,6 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from data.errors import InputError
 from data.images import MEAN, STD
-from data.io import atomic_path
 from data.settings import BboxModel, check
 
 FLUKE = 1  # the label of the one class (0 is background)
@@ -206,15 +205,8 @@ def build_detector(cfg: dict[str, Any] | None = None, *, load_weights: bool = Tr
     raise InputError(None, f"model.arch must be fasterrcnn or retinanet, not {cfg['arch']!r}")
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return Path(path)
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by :func:`save_checkpoint`, read with ``weights_only=True`` onto the CPU."""
+    """A checkpoint written by :func:`data.checkpoint.save_checkpoint`, read with ``weights_only=True`` onto the CPU."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "detector checkpoint not found; run scripts/train_bbox.py first")

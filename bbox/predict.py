@@ -7,7 +7,6 @@ reaches ``keep_score``; otherwise the photo has no box and is used whole.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from bbox.data import PhotoDataset, collate_photos, to_tensor01
 from bbox.detector import FLUKE, detector_from_state, load_checkpoint
 from bbox.fusion import clip_boxes, unmirror, weighted_box_fusion
+from data.device import autocast
 from data.errors import InputError
 from data.io import write_csv
 from data.settings import BboxPredict, check
@@ -41,19 +41,6 @@ class Prediction:
 def predict_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
     """The ``predict:`` section of a config, checked, with the defaults of :class:`data.settings.BboxPredict`."""
     return check(cfg or {}, BboxPredict, path="predict")
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when present, else the CPU; any other value is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, enabled: bool):
-    if device.type != "cuda" or not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
 
 
 @torch.no_grad()

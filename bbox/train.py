@@ -22,9 +22,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from bbox.data import BoxDataset, collate, split_folds, subset, train_augment
-from bbox.detector import build_detector, load_checkpoint, save_checkpoint
+from bbox.detector import build_detector, load_checkpoint
 from bbox.metrics import mean_iou
-from bbox.predict import Prediction, autocast, pick_device, predict_photos
+from bbox.predict import Prediction, predict_photos
+from data.checkpoint import save_checkpoint
+from data.device import autocast, pick_device
 from data.errors import InputError
 from data.settings import Bbox, check
 

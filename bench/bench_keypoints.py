@@ -1,5 +1,5 @@
-"""Keypoint matching (matching/keypoints.py) per query against catalogs of growing size, up to the Kaggle 2019
-catalog (15,697 images), with generated SIFT-like descriptors (non-negative, unit length, 300 per image).
+"""Keypoint matching (matching/similarity/keypoints.py) per query against catalogs of growing size, up to the
+Kaggle 2019 catalog (15,697 images), with generated SIFT-like descriptors (non-negative, unit length, 300 per image).
 
 Times the descriptor stage (chunked matrix products and the ratio test) per query, which grows with the
 catalog's keypoint count; the homography fits come on top and depend on how many catalog images pass
@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from matching.keypoints import KeypointSettings, ratio_matches  # noqa: E402
+from matching.similarity.keypoints import KeypointSettings, ratio_matches  # noqa: E402
 
 
 def descriptors(n: int, rng: np.random.Generator) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from matching.scores import HeadParams, score_matrix, score_matrix_naive  # noqa: E402
+from matching.similarity.pair_head import HeadParams, score_matrix, score_matrix_naive  # noqa: E402
 
 HIDDEN = 32
 

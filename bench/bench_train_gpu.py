@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_pair_mining import LABELS, sample_labels  # noqa: E402
 from data.datasets import ImageDataset, PairDataset, make_loader  # noqa: E402
+from data.device import autocast, needs_grad_scaler, pick_device  # noqa: E402
 from data.synthetic import SynthConfig, write_catalog  # noqa: E402
-from matching.scores import score_matrix  # noqa: E402
-from siamese.infer import autocast, needs_grad_scaler, pick_device  # noqa: E402
+from matching.similarity.pair_head import score_matrix  # noqa: E402
 from siamese.model import build_model  # noqa: E402
 from siamese.pairs import NegativeMiner  # noqa: E402
 

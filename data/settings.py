@@ -71,6 +71,7 @@ class Model:
     pool: Literal["max", "gem", "avg", "grid"] = "max"  # max (5th place), gem, avg, or grid (grid x grid cells)
     grid: int = key(4, at_least=1)  # pool: grid, cells per side
     branch_blocks: int | None = key(None, at_least=1)  # keep only the trunk's first blocks (null: all)
+    kernel_depth: int = key(4, at_least=1)  # branch kernel: residual subblocks per stage (Piotte's: 4)
     pretrained: bool = True  # timm ImageNet weights when the hub is reachable
     weights: str | None = None  # or a local weights file (safetensors / torch state dict), or a package name
     normalize: bool = False  # unit-length branch features
@@ -148,7 +149,7 @@ class Score:
 
 @dataclass(frozen=True)
 class Keypoints:
-    """``keypoints:``, SIFT + homography inlier matching (matching/keypoints.py checks the ranges)."""
+    """``keypoints:``, SIFT + homography inlier matching (matching/similarity/keypoints.py checks the ranges)."""
 
     enabled: bool = False  # true: scripts/score_matrix.py also writes scores/keypoints/{test,oof}.npz
     width: int = 256  # crop width in pixels
@@ -163,7 +164,7 @@ class Keypoints:
 
 @dataclass(frozen=True)
 class Postprocess:
-    """``ensemble.postprocess:``, the column-wise pass (matching.postprocess.ColumnPass)."""
+    """``ensemble.postprocess:``, the column-wise pass (matching.ranking.postprocess.ColumnPass)."""
 
     enabled: bool | Literal["auto"] = True  # auto: only where it raises out-of-fold MAP@5
     min_score: float = 0.46

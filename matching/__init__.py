@@ -1,0 +1,1 @@
+"""Score matrices to a submission, in rooms: matrix, similarity -> runs -> ranking -> evaluation, review."""

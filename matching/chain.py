@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from data.errors import InputError
-from matching.keypoint_scores import keypoint_scores_done
+from matching.runs.keypoint_scores import keypoint_scores_done
 
 DEFAULT_N_FOLDS = 4
 
@@ -111,8 +111,8 @@ def fold_validation(work: Path, model: str, folds: list[int]) -> dict[int, float
 def oof_by_fold(work: Path, model: str, folds: list[int], labels: Mapping[str, str], mode: str = "sum"
                 ) -> dict[int, float]:
     """MAP@5 of each fold's out-of-fold matrix (scores/<model>/fold<k>_oof.npz), its own threshold."""
-    from matching.blend import load_matrix
-    from matching.ranking import tune_threshold
+    from matching.matrix import load_matrix
+    from matching.ranking.rank import tune_threshold
 
     out = {}
     for k in folds:

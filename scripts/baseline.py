@@ -27,7 +27,7 @@ from pathlib import Path
 
 import _cli
 from data.io import write_text
-from matching.baseline import (
+from matching.evaluation.baseline import (
     PROTOCOLS,
     FeatureBaselineResult,
     branch_features,

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import _cli
-from matching.baseline import raw_pixel_baseline
-from matching.submission import evaluate_submission
+from matching.evaluation.baseline import raw_pixel_baseline
+from matching.evaluation.submission import evaluate_submission
 from siamese.train import run_complete
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -40,7 +40,7 @@ def main() -> int:
             if folder.exists():
                 shutil.rmtree(folder)
     from data.config import load_config
-    from matching.keypoint_scores import keypoint_scores_done
+    from matching.runs.keypoint_scores import keypoint_scores_done
 
     config = load_config(args.config)
     model = config["model"]["name"]

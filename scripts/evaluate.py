@@ -20,7 +20,7 @@ from pathlib import Path
 
 import _cli
 from data.io import write_text
-from matching.evaluation import evaluate_files
+from matching.evaluation.evaluate import evaluate_files
 
 
 def build_parser() -> argparse.ArgumentParser:

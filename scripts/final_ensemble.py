@@ -14,9 +14,9 @@ from pathlib import Path
 import _cli
 from data.catalog import read_train_csv
 from data.errors import InputError
-from matching.ensemble import find_models, map5_against, run_ensemble, save_blends
-from matching.postprocess import ColumnPass
-from matching.submission import read_truth, write_submission
+from matching.evaluation.submission import read_truth, write_submission
+from matching.ranking.ensemble import find_models, map5_against, run_ensemble, save_blends
+from matching.ranking.postprocess import ColumnPass
 
 
 def main() -> int:

@@ -26,10 +26,10 @@ import argparse
 from pathlib import Path
 
 import _cli
+from data.device import pick_device
 from data.errors import InputError
-from matching.one_shot import run_one_shot
-from matching.pipeline import discover_runs
-from siamese.infer import pick_device
+from matching.evaluation.one_shot import run_one_shot
+from matching.runs.run import discover_runs
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,16 +19,10 @@ from pathlib import Path
 
 import _cli
 from bbox.metrics import mean_iou
-from bbox.predict import (
-    load_fold_models,
-    pick_device,
-    predict_config,
-    predict_photos,
-    routes_for,
-    write_boxes,
-)
+from bbox.predict import load_fold_models, predict_config, predict_photos, routes_for, write_boxes
 from bbox.sheet import contact_sheet, pick_for_sheet
 from data.catalog import load_catalog, read_boxes
+from data.device import pick_device
 from data.errors import InputError
 from data.settings import Bbox
 

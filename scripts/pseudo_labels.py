@@ -21,8 +21,8 @@ import _cli
 from data.catalog import read_train_csv
 from data.errors import InputError
 from data.io import write_csv
-from matching.blend import load_matrix
-from matching.pseudo import choose_threshold, pseudo_labels, threshold_precision, write_pseudo_catalog
+from matching.matrix import load_matrix
+from matching.ranking.pseudo import choose_threshold, pseudo_labels, threshold_precision, write_pseudo_catalog
 
 
 def main() -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import _cli
-from matching.report_build import build_report
+from matching.review.build import build_report
 
 
 def main() -> int:

@@ -28,12 +28,13 @@ from pathlib import Path
 
 import _cli
 from data.catalog import load_catalog, read_folds
+from data.device import pick_device
+from data.distributed import from_env, local_device
 from data.errors import InputError
-from matching.distributed import from_env, local_device
-from matching.embed_runs import score_meta_embeddings
-from matching.keypoint_scores import keypoint_settings, score_keypoints, validation_images
-from matching.pipeline import combine_folds, discover_runs, score_run
-from siamese.infer import pick_device
+from matching.runs.embedding import score_meta_embeddings
+from matching.runs.keypoint_scores import keypoint_settings, score_keypoints, validation_images
+from matching.runs.pipeline import combine_folds, score_run
+from matching.runs.run import discover_runs
 
 
 def main() -> int:

@@ -23,13 +23,13 @@ import yaml
 
 import _cli
 from data.catalog import load_catalog, read_folds
+from data.device import pick_device
+from data.distributed import from_env, local_device
 from data.errors import InputError
 from data.folds import fold_split
 from data.io import write_text
-from matching.distributed import from_env, local_device
 from siamese.arcface import is_embedding_config
 from siamese.embed_train import EmbedTrainer
-from siamese.infer import pick_device
 from siamese.model import build_model
 from siamese.train import Trainer, build_fold_data
 

@@ -138,19 +138,21 @@ def _input_adapter(in_chans: int, mean: tuple[float, ...] | None,
 def branch_shape(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``blocks`` and ``grid`` for :func:`create_branch` from a ``model`` section."""
     blocks = cfg.get("branch_blocks")
-    return {"blocks": None if blocks in (None, "") else int(blocks), "grid": int(cfg.get("grid", 4))}
+    return {"blocks": None if blocks in (None, "") else int(blocks), "grid": int(cfg.get("grid", 4)),
+            "kernel_depth": int(cfg.get("kernel_depth", 4))}
 
 
 def create_branch(name: str, *, in_chans: int = 3, pool: str = "max", pretrained: bool = False,
                   weights: str | Path | None = None, normalize: bool = False, blocks: int | None = None,
-                  grid: int = 4) -> Branch:
+                  grid: int = 4, kernel_depth: int = 4) -> Branch:
     """A branch by name: a timm backbone (``densenet121``, ``resnet18`` ...) or ``kernel``.
 
     Weights: ``weights`` (a local file, it overrides ``pretrained``), else ImageNet weights when
     ``pretrained`` (timm's download when the hub answers, else installed offline weights where there are
     some, see :mod:`siamese.pretrained`), else random. ``normalize`` scales every output vector to length
     ``sqrt(D)``. ``blocks`` keeps only the backbone's first stages (after the weights are loaded); pool
-    ``grid`` averages a ``grid x grid`` layout of cells. Bad choices raise :class:`InputError`.
+    ``grid`` averages a ``grid x grid`` layout of cells; ``kernel_depth``: subblocks per stage of the kernel CNN.
+    Bad choices raise :class:`InputError`.
     """
     if in_chans not in (1, 3):
         raise InputError(None, f"in_chans must be 1 or 3, not {in_chans!r}")
@@ -162,7 +164,7 @@ def create_branch(name: str, *, in_chans: int = 3, pool: str = "max", pretrained
     if name == KERNEL:
         if pretrained and weights is None:
             raise InputError(None, "the kernel CNN has no pretrained weights: set pretrained: false or pass --weights")
-        backbone: nn.Module = KernelCNN(in_chans)
+        backbone: nn.Module = KernelCNN(in_chans, depth=kernel_depth)
     elif not timm.is_model(name):
         raise InputError(None, f"unknown branch {name!r}: neither 'kernel' nor a timm model name")
     elif pretrained and weights is None:

@@ -19,11 +19,12 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from data.datasets import ImageDataset, make_loader
+from data.device import autocast
 from data.errors import InputError
-from matching.embed_scores import SCORINGS, similarity
-from matching.ranking import tune_threshold
+from matching.ranking.rank import tune_threshold
+from matching.similarity.cosine import SCORINGS, similarity
 from siamese.arcface import EmbeddingModel, batch_hard_triplet, build_embedding_model, classification_loss
-from siamese.infer import autocast, compute_features
+from siamese.infer import compute_features
 from siamese.schedule import Position, global_epoch
 from siamese.train import FoldData, Trainer, freeze_batchnorm
 

@@ -20,7 +20,7 @@ class PairHead(nn.Module):
     """``forward(x [B, D], y [B, D]) -> logits [B]``, symmetric in x and y (sigmoid left to the loss).
 
     Per feature d: ``mlp2(relu(mlp1(pair_stats(x_d, y_d))))`` with weights shared over the D features,
-    then ``combine`` weighs and sums the D values (with a bias). The fast scorer in :mod:`matching`
+    then ``combine`` weighs and sums the D values (with a bias). The fast scorer in :mod:`matching.similarity.pair_head`
     relies on these attribute names and on the order of the four statistics.
     """
 

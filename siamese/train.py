@@ -16,15 +16,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
+from data.checkpoint import load_checkpoint, save_checkpoint
 from data.datasets import ImageDataset, PairDataset, make_loader
+from data.device import autocast, needs_grad_scaler
+from data.distributed import SINGLE, Shards
 from data.errors import InputError
 from data.io import write_csv
-from matching.distributed import SINGLE, Shards
-from matching.ranking import tune_threshold
-from matching.scores import score_matrix
-from siamese.checkpoint import load_checkpoint, save_checkpoint
+from matching.ranking.rank import tune_threshold
+from matching.similarity.pair_head import score_matrix
 from siamese.head import PairHead
-from siamese.infer import autocast, compute_features, needs_grad_scaler
+from siamese.infer import compute_features
 from siamese.model import SiameseModel
 from siamese.pairs import NegativeMiner, positive_pairs
 from siamese.schedule import Block, Position, Stage, global_epoch, parse_schedule

@@ -6,17 +6,9 @@ import numpy as np
 import pytest
 
 from data.errors import InputError
-from matching import embed_scores
-from matching.embed_scores import (
-    FLOOR,
-    centre_matrix,
-    cosine_matrix,
-    fit_logistic,
-    knn_cosine,
-    meta_embedding,
-    same_whale,
-    similarity,
-)
+from matching.similarity import cosine as embed_scores
+from matching.similarity.calibration import fit_logistic, same_whale
+from matching.similarity.cosine import FLOOR, centre_matrix, cosine_matrix, knn_cosine, meta_embedding, similarity
 
 
 def test_cosine_matrix_is_symmetric_scale_free_and_blockwise_exact():
@@ -98,7 +90,7 @@ def test_same_whale_never_matches_new_whale():
 
 
 def test_simplex_grid_covers_every_weighting_summing_to_one():
-    from matching.blend_weights import simplex_grid
+    from matching.ranking.blend_weights import simplex_grid
 
     grid = simplex_grid(3, 0.1)
     assert len(grid) == 66 and all(abs(sum(w) - 1) < 1e-9 and min(w) >= 0 for w in grid)
@@ -106,9 +98,9 @@ def test_simplex_grid_covers_every_weighting_summing_to_one():
 
 
 def test_tuned_weights_favour_the_informative_model_and_never_blend_below_the_best_alone():
-    from matching.blend import ScoreMatrix
-    from matching.blend_weights import tune_weights
-    from matching.ranking import tune_threshold
+    from matching.matrix import ScoreMatrix
+    from matching.ranking.blend_weights import tune_weights
+    from matching.ranking.rank import tune_threshold
 
     rng = np.random.default_rng(4)
     gallery_labels = [f"w{i % 10}" for i in range(40)]
@@ -126,8 +118,8 @@ def test_tuned_weights_favour_the_informative_model_and_never_blend_below_the_be
 
 
 def test_run_ensemble_uses_tuned_weights_when_asked(tmp_path):
-    from matching.blend import ScoreMatrix, save_matrix
-    from matching.ensemble import run_ensemble
+    from matching.matrix import ScoreMatrix, save_matrix
+    from matching.ranking.ensemble import run_ensemble
 
     rng = np.random.default_rng(5)
     gallery = np.array([f"g{j}" for j in range(12)])

@@ -12,13 +12,14 @@ import torch
 import yaml
 
 from data.catalog import load_catalog, read_folds
+from data.checkpoint import load_checkpoint
 from data.errors import InputError
 from data.folds import fold_split
-from matching.blend import load_matrix
-from matching.embed_runs import score_meta
-from matching.embed_scores import cosine_matrix
-from matching.pipeline import combine_folds, discover_runs, score_run
-from siamese.checkpoint import load_checkpoint
+from matching.matrix import load_matrix
+from matching.runs.embedding import score_meta
+from matching.runs.pipeline import combine_folds, score_run
+from matching.runs.run import discover_runs
+from matching.similarity.cosine import cosine_matrix
 from siamese.embed_train import EmbedTrainer, Flipped
 from siamese.schedule import Position
 from siamese.train import build_fold_data
@@ -162,7 +163,7 @@ def test_the_trained_run_scores_through_the_shared_pipeline(unbroken, tiny_catal
     feats = np.load(work / "features" / "tinyarc" / "fold0" / "test.npz")["features"]
     gallery = np.load(work / "features" / "tinyarc" / "fold0" / "catalog.npz")["features"]
     labels = catalog.train.set_index("Image").loc[known, "Id"].tolist()
-    from matching.embed_scores import similarity
+    from matching.similarity.cosine import similarity
 
     sims = similarity(feats, gallery, labels, scoring="both")
     order = np.argsort(sims.ravel(), kind="stable")

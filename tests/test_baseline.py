@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from data.synthetic import NEW_WHALE, SynthConfig, write_catalog
-from matching.baseline import cosine_map5, pixel_vectors, raw_pixel_baseline
+from matching.evaluation.baseline import cosine_map5, pixel_vectors, raw_pixel_baseline
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = SynthConfig(individuals=6, mean_photos=2.0, max_photos=4, test_photos=10, width=160, height=100)
@@ -87,7 +87,7 @@ def test_script_prints_both_versions_and_ends_with_the_whole_photo_map(tiny, mon
 
 from data.catalog import load_catalog, read_folds  # noqa: E402
 from data.folds import fold_split  # noqa: E402
-from matching.baseline import (  # noqa: E402
+from matching.evaluation.baseline import (  # noqa: E402
     branch_features,
     cached_run_features,
     feature_baseline,

@@ -6,13 +6,8 @@ import timm
 import torch
 
 import bbox.detector as detector
-from bbox.detector import (
-    build_detector,
-    load_backbone_weights,
-    load_detector,
-    save_checkpoint,
-    wide_anchor_generator,
-)
+from bbox.detector import build_detector, load_backbone_weights, load_detector, wide_anchor_generator
+from data.checkpoint import save_checkpoint
 from data.errors import InputError
 
 TINY = {

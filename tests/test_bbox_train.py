@@ -9,10 +9,11 @@ import torch
 
 import bbox.train as bbox_train
 from bbox.data import split_folds
-from bbox.detector import load_checkpoint, load_detector, save_checkpoint
+from bbox.detector import load_checkpoint, load_detector
 from bbox.predict import Prediction, load_fold_models, predict_photos, routes_for, write_boxes
 from bbox.train import fold_checkpoint, train_folds
 from data.catalog import read_boxes
+from data.checkpoint import save_checkpoint
 from data.errors import InputError
 
 TINY_CFG = {

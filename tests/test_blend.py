@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from data.errors import InputError
-from matching.blend import ScoreMatrix, align, average, blend, load_matrix, save_matrix
+from matching.matrix import ScoreMatrix, align, average, blend, load_matrix, save_matrix
 
 
 def matrix(scores, query, gallery, source=None) -> ScoreMatrix:

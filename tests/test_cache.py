@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-import matching.pipeline as pipeline
+import matching.runs.run as pipeline
 from data.cache import cache_key, read_cache
 from data.catalog import load_catalog
+from data.checkpoint import save_checkpoint
 from data.io import save_npz
-from siamese.checkpoint import save_checkpoint
 from siamese.model import build_model
 
 MODEL = {"name": "tiny", "branch": "test_efficientnet", "in_chans": 3, "pool": "max", "pretrained": False,

@@ -202,7 +202,7 @@ def test_train_fold_with_a_misspelt_key_exits_2_with_one_line_and_writes_nothing
 def test_schema_choices_match_what_the_code_accepts():
     from typing import get_args
 
-    from matching.embed_scores import SCORINGS
+    from matching.similarity.cosine import SCORINGS
     from siamese.branch import POOLS
     from siamese.head import HEAD_INITS
 
@@ -215,7 +215,7 @@ def test_schema_choices_match_what_the_code_accepts():
 def test_keypoint_defaults_are_the_keypoint_settings():
     from dataclasses import asdict
 
-    from matching.keypoints import KeypointSettings
+    from matching.similarity.keypoints import KeypointSettings
 
     assert defaults()["keypoints"] == asdict(KeypointSettings())
     assert KeypointSettings.from_config(defaults()["keypoints"]) == KeypointSettings()

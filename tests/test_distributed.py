@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
+from data.checkpoint import save_checkpoint
+from data.distributed import Shards
 from data.io import load_npz
-from matching.blend import load_matrix
-from matching.distributed import Shards
-from siamese.checkpoint import save_checkpoint
+from matching.matrix import load_matrix
 from siamese.model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from matching.distributed import Shards
-from siamese.checkpoint import load_checkpoint
+from data.checkpoint import load_checkpoint
+from data.distributed import Shards
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE32 = {"size": 32, "blocks": [{"epochs": 1, "lr": 1e-3, "K": 1000, "freeze_branch": True, "batch": 8},

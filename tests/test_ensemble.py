@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from data.errors import InputError
-from matching.blend import ScoreMatrix, load_matrix, save_matrix
-from matching.ensemble import choose_weights, find_models, map5_against, run_ensemble, save_blends
+from matching.matrix import ScoreMatrix, load_matrix, save_matrix
+from matching.ranking.ensemble import choose_weights, find_models, map5_against, run_ensemble, save_blends
 
 GALLERY = np.array(["g0.jpg", "g1.jpg", "g2.jpg", "g3.jpg", "g4.jpg", "g5.jpg"])
 WHALES = ["w_a", "w_a", "w_b", "w_c", "w_d", "w_e"]

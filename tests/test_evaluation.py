@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from data.errors import InputError
-from matching.evaluation import evaluate, evaluate_files
+from matching.evaluation.evaluate import evaluate, evaluate_files
 
 REPO = Path(__file__).resolve().parents[1]
 

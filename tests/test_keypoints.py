@@ -17,10 +17,11 @@ from data.errors import InputError
 from data.io import load_npz
 from data.synth_fluke import make_fluke
 from data.synth_photo import render_photo
-from matching import keypoints as kp_module
-from matching.blend import load_matrix
-from matching.keypoint_scores import keypoint_settings, score_keypoints, validation_images
-from matching.keypoints import (
+from matching.matrix import load_matrix
+from matching.runs.keypoint_scores import keypoint_settings, score_keypoints, validation_images
+from matching.runs.run import Run
+from matching.similarity import keypoints as kp_module
+from matching.similarity.keypoints import (
     Keypoints,
     KeypointSettings,
     cached_keypoints,
@@ -29,7 +30,6 @@ from matching.keypoints import (
     inlier_matrix,
     ratio_matches,
 )
-from matching.pipeline import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,8 +1,8 @@
 import pytest
 
 from data.errors import InputError
+from matching.evaluation.submission import evaluate_submission, read_submission, read_truth, write_submission
 from matching.metrics import average_precision_at_5, map_at_5
-from matching.submission import evaluate_submission, read_submission, read_truth, write_submission
 
 
 @pytest.mark.parametrize(

@@ -14,12 +14,12 @@ import torch
 import yaml
 from PIL import Image
 
+from data.checkpoint import save_checkpoint
 from data.errors import InputError
 from data.protocol import OneShotConfig, write_one_shot
-from matching.blend import ScoreMatrix, load_matrix
-from matching.evaluation import evaluate_files
-from matching.one_shot import TaskResult, read_tasks, result_frame, task_result, wilson_interval
-from siamese.checkpoint import save_checkpoint
+from matching.evaluation.evaluate import evaluate_files
+from matching.evaluation.one_shot import TaskResult, read_tasks, result_frame, task_result, wilson_interval
+from matching.matrix import ScoreMatrix, load_matrix
 from siamese.model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

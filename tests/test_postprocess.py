@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from matching.postprocess import ColumnPass, apply_column_pass, column_pass_effect, column_votes
-from matching.ranking import rank_queries
+from matching.ranking.postprocess import ColumnPass, apply_column_pass, column_pass_effect, column_votes
+from matching.ranking.rank import rank_queries
 
 # Catalog: two images of A, one of B, one of C, one of D, one new_whale.
 GALLERY = ["A", "A", "B", "C", "D", "new_whale"]

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from data.catalog import load_catalog, read_folds, read_train_csv
-from matching.blend import ScoreMatrix, save_matrix
-from matching.pseudo import best_whales, choose_threshold, pseudo_labels, threshold_precision
+from matching.matrix import ScoreMatrix, save_matrix
+from matching.ranking.pseudo import best_whales, choose_threshold, pseudo_labels, threshold_precision
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = {"g1": "a", "g2": "a", "g3": "b", "q1": "a", "q2": "b", "q3": "new_whale", "q4": "b"}

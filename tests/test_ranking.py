@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from matching.metrics import map_at_5
-from matching.ranking import rank_queries, threshold_for_new_whale_share, tune_threshold
+from matching.ranking.rank import rank_queries, threshold_for_new_whale_share, tune_threshold
 
 # Gallery: whale A has three images, B one, C two, D one, E one, F one, plus one new_whale image.
 LABELS = ["A", "B", "A", "C", "new_whale", "A", "C", "D", "E", "F"]
@@ -131,7 +131,7 @@ def test_nan_scores_are_refused():
 
 
 def test_default_candidates_allow_never_putting_new_whale_first():
-    from matching.ranking import default_candidates, tune_threshold
+    from matching.ranking.rank import default_candidates, tune_threshold
 
     scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.5]], dtype=np.float32)
     threshold, value = tune_threshold(scores, ["w_a", "w_b"], ["w_a", "w_b", "w_a"])

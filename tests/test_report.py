@@ -18,10 +18,14 @@ import pytest
 from data.catalog import NEW_WHALE, read_train_csv
 from data.errors import InputError
 from data.io import write_csv
-from matching.blend import ScoreMatrix, blend, save_matrix
-from matching.ensemble import run_ensemble, save_blends
-from matching.ranking import rank_queries, threshold_for_new_whale_share
-from matching.report import (
+from matching.evaluation.submission import read_truth, write_submission
+from matching.matrix import ScoreMatrix, blend, save_matrix
+from matching.ranking.ensemble import run_ensemble, save_blends
+from matching.ranking.rank import rank_queries, threshold_for_new_whale_share
+from matching.review.build import build_report
+from matching.review.page import render_page
+from matching.review.plots import plot_curves, read_curves
+from matching.review.report import (
     build_rows,
     load_blend,
     marks,
@@ -31,10 +35,6 @@ from matching.report import (
     truth_rank,
     whale_columns,
 )
-from matching.report_build import build_report
-from matching.report_page import render_page
-from matching.report_plots import plot_curves, read_curves
-from matching.submission import read_truth, write_submission
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts" / "report"

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-import matching.scores as scores_module
-from matching.scores import (
+import matching.similarity.pair_head as scores_module
+from matching.similarity.pair_head import (
     AUTOCAST_ATOL,
     CPU_ATOL,
     HeadParams,

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from data.catalog import load_catalog, read_folds
+from data.checkpoint import load_checkpoint
 from data.folds import fold_split
-from siamese.checkpoint import load_checkpoint
 from siamese.model import build_model
 from siamese.train import Trainer, build_fold_data
 

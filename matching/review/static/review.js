@@ -2,8 +2,8 @@
 // so a person can move through the queries with the keyboard and confirm or reject the matches.
 //
 // What it reads:
-// - the JSON in the script element #data (written by matching/report_page.py):
-//     queries    one object per query, in submission order (see page_data in matching/report.py):
+// - the JSON in the script element #data (written by matching/review/page.py):
+//     queries    one object per query, in submission order (see page_data in matching/review/report.py):
 //                  n  image name             t  thumbnail index of the query photo (-1: none)
 //                  y  truth label or null     b  best score          f  confidence (the sort key)
 //                  r  rank of the truth: 1-5, 0 = not in the top 5, null = truth unknown

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from data.catalog import NEW_WHALE
+from matching.evaluation.submission import TOP_K, read_predictions
 from matching.metrics import average_precision_at_5, map_at_5
-from matching.submission import TOP_K, read_predictions
 
 
 def _share(part: int, whole: int) -> float | None:

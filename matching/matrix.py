@@ -1,4 +1,5 @@
-"""Score matrices on disk (``.npz``: ``scores``, ``query``, ``gallery``), fold averages and model blends.
+"""The score matrix, the one currency between members: its type, its file (``.npz``: ``scores``, ``query``,
+``gallery``), alignment by image name, weighted and plain means, out-of-fold rows stacked, self pairs masked.
 
 Matrices are aligned by image name before they are combined: rows and columns are reordered to the
 first matrix's order, and different sets of names are an :class:`InputError` naming the file.
@@ -136,3 +137,32 @@ def blend(matrices: Sequence[ScoreMatrix | str | Path], weights: Sequence[float]
 def average(matrices: Sequence[ScoreMatrix | str | Path]) -> ScoreMatrix:
     """Plain mean (the folds of one model), aligned to the first matrix's names."""
     return blend(matrices, [1.0] * len(matrices))
+
+
+def self_pairs(query: Sequence[str], gallery: Sequence[str]) -> np.ndarray:
+    """``[Q, G]`` bool: the entries where a query meets the gallery image of the same name."""
+    out = np.zeros((len(query), len(gallery)), dtype=bool)
+    col = {str(name): j for j, name in enumerate(gallery)}
+    for i, name in enumerate(query):
+        j = col.get(str(name))
+        if j is not None:
+            out[i, j] = True
+    return out
+
+
+def mask_self(matrix: ScoreMatrix) -> ScoreMatrix:
+    """Zero the entries where a query is scored against itself (same image name)."""
+    matrix.scores[self_pairs(matrix.query, matrix.gallery)] = 0.0
+    return matrix
+
+
+def stack_rows(matrices: Sequence[ScoreMatrix], source: str) -> ScoreMatrix:
+    """Out-of-fold matrices of disjoint validation sets, stacked into one (the same gallery order)."""
+    gallery = matrices[0].gallery
+    for m in matrices[1:]:
+        if not np.array_equal(m.gallery, gallery):
+            raise InputError(source, "out-of-fold matrices of one model have different catalogs")
+    query = np.concatenate([m.query for m in matrices])
+    if len(np.unique(query)) != len(query):
+        raise InputError(source, "an image is in the validation set of two folds")
+    return ScoreMatrix(scores=np.concatenate([m.scores for m in matrices]), query=query, gallery=gallery)

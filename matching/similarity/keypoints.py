@@ -25,10 +25,10 @@ import torch
 from tqdm import tqdm
 
 from data import cache as data_cache
+from data.distributed import SINGLE, Shards
 from data.errors import InputError
 from data.images import TEST_MARGIN, load_crop
 from data.io import load_npz, save_npz
-from matching.distributed import SINGLE, Shards
 
 DESCRIPTOR_DIM = 128
 

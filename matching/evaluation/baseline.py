@@ -12,7 +12,7 @@ validation photos against that fold's training photos that are not ``new_whale``
 (:func:`data.folds.fold_split` with singletons); ``protocol="catalog"`` instead scores them against every
 catalog photo but themselves, as the out-of-fold matrices of ``scripts/score_matrix.py`` do. One
 ``new_whale`` threshold is tuned over every out-of-fold query (as ``scripts/final_ensemble.py`` does, on
-the candidates of :func:`matching.ranking.default_candidates`) and applied to the test photos.
+the candidates of :func:`matching.ranking.rank.default_candidates`) and applied to the test photos.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from data.errors import InputError
 from data.folds import fold_split
 from data.images import Box, load_crop
 from data.io import load_npz
-from matching.evaluation import Evaluation, evaluate
-from matching.ranking import default_candidates, rank_queries, tune_threshold
+from matching.evaluation.evaluate import Evaluation, evaluate
+from matching.ranking.rank import default_candidates, rank_queries, tune_threshold
 
 PROTOCOLS = ("fold", "catalog")
 
@@ -244,7 +244,7 @@ def feature_baseline(data_dir: str | Path, *, size: int = 224, protocol: str = "
             features, [("train", n) for n in gallery["Image"]]).T
         labels = gallery["Id"].tolist()
         if threshold is None:  # no out-of-fold new_whale to tune on: the project's default share of new_whale
-            from matching.ranking import DEFAULT_NEW_WHALE_SHARE, threshold_for_new_whale_share
+            from matching.ranking.rank import DEFAULT_NEW_WHALE_SHARE, threshold_for_new_whale_share
 
             threshold = threshold_for_new_whale_share(scores, labels, DEFAULT_NEW_WHALE_SHARE, mode=mode)
         ranked = rank_queries(scores, labels, threshold, mode=mode)

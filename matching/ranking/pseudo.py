@@ -16,8 +16,8 @@ import pandas as pd
 from data.catalog import load_catalog, read_folds, read_train_csv
 from data.errors import InputError
 from data.io import place_file, staged_dir
-from matching.blend import ScoreMatrix
-from matching.ranking import WhaleGroups, whale_best
+from matching.matrix import ScoreMatrix
+from matching.ranking.rank import WhaleGroups, whale_best
 
 
 def best_whales(matrix: ScoreMatrix, labels: Mapping[str, str]) -> pd.DataFrame:

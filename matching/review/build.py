@@ -1,4 +1,4 @@
-"""Build ``<work-dir>/report/index.html`` from the work folder and the catalog (see :mod:`matching.report`)."""
+"""Build ``<work-dir>/report/index.html`` from the work folder and the catalog (see :mod:`matching.review.report`)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 
 from data.catalog import NEW_WHALE, load_catalog
 from data.io import atomic_path
+from matching.evaluation.submission import read_submission, read_truth
 from matching.metrics import map_at_5
-from matching.report import build_rows, labels_for, load_blend, page_data, score_histogram
-from matching.report_page import render_page
-from matching.report_plots import plot_curves, plot_histograms, read_curves
-from matching.report_thumbs import make_thumbnails
-from matching.submission import read_submission, read_truth
+from matching.review.page import render_page
+from matching.review.plots import plot_curves, plot_histograms, read_curves
+from matching.review.report import build_rows, labels_for, load_blend, page_data, score_histogram
+from matching.review.thumbs import make_thumbnails
 
 
 @dataclass

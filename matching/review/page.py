@@ -4,7 +4,7 @@ Only the rows in (or near) the viewport exist in the DOM (fixed row height, abso
 thousand queries cost one JSON parse and a few dozen rows; an image is fetched and decoded only when its row
 is created. No network, no external script.
 
-The page's script and style are report_static/review.{js,css}, put inline.
+The page's script and style are static/review.{js,css}, put inline.
 
 The filter state lives in the URL hash, so a view can be bookmarked or opened directly:
 ``#wrong=1`` (rank 1 wrong), ``new=1`` (``new_whale`` at rank 1), ``min=0.2&max=0.8`` (best score range),
@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-STATIC = Path(__file__).with_name("report_static")
+STATIC = Path(__file__).with_name("static")
 
 
 def _json_for_script(value) -> str:

@@ -2,8 +2,8 @@
 
 Every task folder is a small data folder (one photo per class in ``train/``, one query per class in
 ``test/``, ``truth.csv``). Each task is scored through the ordinary path for trained models on a new
-catalog (:func:`matching.pipeline.score_run` per run, the fold means of
-:func:`matching.pipeline.combine_folds`, then the mean over models), in a work folder of its own so that
+catalog (:func:`matching.runs.pipeline.score_run` per run, the fold means of
+:func:`matching.runs.pipeline.combine_folds`, then the mean over models), in a work folder of its own so that
 the feature caches of different tasks never mix. The answer to a query is the argmax over the task's
 catalog (``new_whale`` is never an answer): the first label of the ranking by best score, ties going to
 the alphabetically first label, which is also the first label of the task's ``submission.csv``.
@@ -26,10 +26,11 @@ from tqdm import tqdm
 from data.catalog import load_catalog
 from data.errors import InputError
 from data.io import write_csv
-from matching.blend import ScoreMatrix, average
-from matching.pipeline import Run, combine_folds, score_run
-from matching.ranking import rank_queries
-from matching.submission import read_truth, write_submission
+from matching.evaluation.submission import read_truth, write_submission
+from matching.matrix import ScoreMatrix, average
+from matching.ranking.rank import rank_queries
+from matching.runs.pipeline import combine_folds, score_run
+from matching.runs.run import Run
 
 Z_95 = 1.959963984540054
 RESULT_COLUMNS = ("task", "groups", "queries", "correct", "accuracy", "ci_low", "ci_high")

@@ -1,5 +1,6 @@
 """Score matrices of the embedding family: cosine per image or per whale centre, nearest-neighbour search for
-large catalogs (faiss when installed, else torch top-k), and the logistic map from cosine to probability.
+large catalogs (faiss when installed, else torch top-k); the logistic map from cosine to probability is in
+:mod:`matching.similarity.calibration`.
 
 A cosine matrix has the shape and column order of a Siamese one (query x gallery images), so once mapped to
 probabilities it blends, ranks and post-processes the same way.
@@ -8,7 +9,6 @@ probabilities it blends, ranks and post-processes the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -100,60 +100,3 @@ def meta_embedding(parts: Sequence[np.ndarray]) -> np.ndarray:
     if len({len(p) for p in parts}) != 1:
         raise ValueError("embeddings of different numbers of images")
     return np.concatenate([normalize(p) for p in parts], axis=1) / np.float32(np.sqrt(len(parts)))
-
-
-@dataclass(frozen=True)
-class Logistic:
-    """``p = sigmoid(a * x + b)``, increasing in ``x`` (``a > 0``)."""
-
-    a: float
-    b: float
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        z = np.asarray(x, dtype=np.float64) * self.a + self.b
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
-
-
-def fit_logistic(scores: np.ndarray, positive: np.ndarray, *, max_negatives: int = 500_000, seed: int = 0,
-                 iterations: int = 50) -> Logistic:
-    """Class-balanced logistic regression of ``positive`` on ``scores`` (Newton's method, 2 parameters).
-
-    Balanced as the Siamese head is trained (as many same as different pairs), so that both families give
-    comparable probabilities; negatives are subsampled to ``max_negatives``. The slope is kept positive."""
-    x = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(positive, dtype=bool).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"{x.size} scores but {y.size} labels")
-    pos, neg = x[y], x[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        raise InputError(None, "the out-of-fold matrix needs both matching and non-matching pairs to calibrate")
-    if len(neg) > max_negatives:
-        neg = np.random.default_rng(seed).choice(neg, max_negatives, replace=False)
-    xs = np.concatenate([pos, neg])
-    ys = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
-    w = np.concatenate([np.full(len(pos), 0.5 / len(pos)), np.full(len(neg), 0.5 / len(neg))])
-    X = np.stack([xs, np.ones_like(xs)], axis=1)
-    theta = np.zeros(2)
-    ridge = 1e-6 * np.eye(2)
-    for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-(X @ theta)))
-        grad = X.T @ (w * (p - ys))
-        hess = (X * (w * p * (1 - p))[:, None]).T @ X + ridge
-        step = np.linalg.solve(hess, grad)
-        theta -= step
-        if np.abs(step).max() < 1e-10:
-            break
-    a, b = float(theta[0]), float(theta[1])
-    if not np.isfinite([a, b]).all():
-        raise InputError(None, "the logistic calibration did not converge (matching and non-matching pairs "
-                               "may be perfectly separated or constant)")
-    if a <= 0:  # a model worse than chance: keep the map monotone and nearly flat
-        a, b = 1e-3, 0.0
-    return Logistic(a, b)
-
-
-def same_whale(query_labels: Sequence[str], gallery_labels: Sequence[str]) -> np.ndarray:
-    """``[Q, G]`` bool: the pair shows one known whale (``new_whale`` matches nothing)."""
-    q = np.asarray(query_labels, dtype=str)[:, None]
-    g = np.asarray(gallery_labels, dtype=str)[None, :]
-    return (q == g) & (q != "new_whale")

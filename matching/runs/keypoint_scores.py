@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.distributed import SINGLE, Shards, stack_npz_rows
 from data.io import load_npz, save_npz, write_csv
-from matching.blend import ScoreMatrix, save_matrix
-from matching.distributed import SINGLE, Shards, stack_npz_rows
-from matching.embed_scores import Logistic, fit_logistic, same_whale
-from matching.keypoints import Keypoints, KeypointSettings, cached_keypoints, inlier_matrix
-from matching.pipeline import NEW_WHALE, mask_self, self_pairs
+from matching.matrix import ScoreMatrix, mask_self, save_matrix, self_pairs
+from matching.runs.run import NEW_WHALE
+from matching.similarity.calibration import Logistic, fit_logistic, same_whale
+from matching.similarity.keypoints import Keypoints, KeypointSettings, cached_keypoints, inlier_matrix
 
 MODEL = "keypoints"
 FALLBACK_HALF = 10.0  # without an out-of-fold matrix: p = n / (n + FALLBACK_HALF)
@@ -49,7 +49,7 @@ def to_probability(inliers: np.ndarray, calib: Logistic | None) -> np.ndarray:
 
 def sharded_inliers(path: Path, query: Keypoints, gallery: Keypoints, s: KeypointSettings, *, exclude_self: bool,
                     shards: Shards = SINGLE, desc: str = "matching") -> np.ndarray:
-    """:func:`matching.keypoints.inlier_matrix`, each process scoring its share of the query rows; the whole
+    """:func:`matching.similarity.keypoints.inlier_matrix`, each process scoring its share of the query rows; the whole
     matrix is written to ``path`` (``inliers``, ``names``) and returned on every process."""
     rows = shards.rows(len(query))
 

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from matching.blend import ScoreMatrix, blend
-from matching.ranking import tune_threshold
+from matching.matrix import ScoreMatrix, blend
+from matching.ranking.rank import tune_threshold
 
 MAX_MODELS = 4  # 286 weightings at step 0.1; more models keep their configured weights
 

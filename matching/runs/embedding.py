@@ -14,19 +14,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from data.checkpoint import load_checkpoint
+from data.distributed import SINGLE, Shards
 from data.errors import InputError
 from data.io import load_npz, write_csv
-from matching.blend import ScoreMatrix, save_matrix
-from matching.distributed import SINGLE, Shards
-from matching.embed_scores import Logistic, fit_logistic, meta_embedding, same_whale, similarity
-from matching.pipeline import NEW_WHALE, Run, cached_features, mask_self, self_pairs
+from matching.matrix import ScoreMatrix, mask_self, save_matrix, self_pairs
+from matching.runs.run import NEW_WHALE, Run, cached_features
+from matching.similarity.calibration import Logistic, fit_logistic, same_whale
+from matching.similarity.cosine import meta_embedding, similarity
 from siamese.arcface import Embedder, build_embedding_model, classes_in_state, is_embedding_config
-from siamese.checkpoint import load_checkpoint
 
 
 @dataclass
 class _BranchOf:
-    """What :func:`matching.pipeline.cached_features` needs of a model: ``branch``, here images -> embeddings."""
+    """What :func:`matching.runs.run.cached_features` needs of a model: ``branch``, here images -> embeddings."""
 
     branch: Embedder
 
@@ -94,7 +95,7 @@ def write_embedding_scores(s: EmbedSet, fold: int, out_dir: Path, score_cfg: dic
 def score_embed_run(run: Run, catalog, val_names: Sequence[str] | None, out_dir: Path, feat_dir: Path, *,
                     device: torch.device, budget_mb: float = 512, batch: int = 64, workers: int | None = None,
                     shards: Shards = SINGLE) -> list[Path]:
-    """The embedding family's :func:`matching.pipeline.score_run`: embeddings cached in ``feat_dir`` (shared out
+    """The embedding family's :func:`matching.runs.pipeline.score_run`: embeddings cached in ``feat_dir`` (shared out
     over ``shards``), matrices computed and written by rank 0."""
     holder = _BranchOf(load_embedder(run, device))
     known_df = catalog.train[catalog.train["Id"] != NEW_WHALE]

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from data.errors import InputError
-from matching.blend import ScoreMatrix, align, blend, load_matrix, save_matrix
-from matching.blend_weights import MAX_MODELS, tune_weights
+from matching.matrix import ScoreMatrix, align, blend, load_matrix, save_matrix
 from matching.metrics import map_at_5
-from matching.postprocess import ColumnPass, apply_column_pass, column_pass_effect
-from matching.ranking import DEFAULT_NEW_WHALE_SHARE, rank_queries, threshold_for_new_whale_share, tune_threshold
+from matching.ranking.blend_weights import MAX_MODELS, tune_weights
+from matching.ranking.postprocess import ColumnPass, apply_column_pass, column_pass_effect
+from matching.ranking.rank import DEFAULT_NEW_WHALE_SHARE, rank_queries, threshold_for_new_whale_share, tune_threshold
 
 NEW_WHALE = "new_whale"
 
@@ -70,7 +70,7 @@ def run_ensemble(scores_dir: Path, models: Sequence[str], weights: Mapping[str, 
 
     With ``post_auto`` the column-wise pass is applied to the test ranking only where it raised the
     out-of-fold MAP@5. With ``tune`` the weights are chosen on the out-of-fold matrices
-    (:func:`matching.blend_weights.tune_weights`) instead of taken from the config."""
+    (:func:`matching.ranking.blend_weights.tune_weights`) instead of taken from the config."""
     post = post or ColumnPass()
     chosen, note = choose_weights(models, weights)
     notes = [note] if note else []

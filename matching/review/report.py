@@ -5,11 +5,11 @@ its *representative* catalog photo, the photo of that whale with the highest sco
 blended test matrix. Where ``truth.csv`` knows the query, every label is marked correct or wrong.
 
 The blended test (and out-of-fold) matrix is rebuilt here from ``scores/<model>/{test,oof}.npz`` with the
-weights of the ensemble config, exactly as :func:`matching.ensemble.run_ensemble` blends them (the ensemble
+weights of the ensemble config, exactly as :func:`matching.ranking.ensemble.run_ensemble` blends them (the ensemble
 does not save its blend), unless a blended matrix file is given.
 
-Plots are in :mod:`matching.report_plots`, thumbnails in :mod:`matching.report_thumbs`, the HTML and its
-script in :mod:`matching.report_page`.
+Plots are in :mod:`matching.review.plots`, thumbnails in :mod:`matching.review.thumbs`, the HTML and its
+script in :mod:`matching.review.page`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import numpy as np
 
 from data.catalog import NEW_WHALE
 from data.errors import InputError
-from matching.blend import ScoreMatrix, align, blend, load_matrix
-from matching.ensemble import choose_weights, find_models
+from matching.matrix import ScoreMatrix, align, blend, load_matrix
+from matching.ranking.ensemble import choose_weights, find_models
 
 HIST_BINS = 50
 

@@ -1,0 +1,100 @@
+"""A trained run (one model, one fold) found under ``runs/``, and the features of its branch cached per image set.
+
+Shared by the Siamese runs (:mod:`matching.runs.pipeline`) and the embedding runs (:mod:`matching.runs.embedding`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from data.cache import cache_key, read_cache
+from data.distributed import SINGLE, Shards, stack_npz_rows
+from data.errors import InputError
+from data.images import TEST_MARGIN
+from data.io import load_npz, save_npz
+from siamese.infer import compute_features
+from siamese.model import SiameseModel
+from siamese.schedule import parse_schedule
+
+NEW_WHALE = "new_whale"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One trained model and fold: its config and the best weights of its last stage."""
+
+    model: str
+    fold: int
+    run_dir: Path
+    config: dict
+    checkpoint: Path
+    size: int
+
+
+def discover_runs(runs_dir: Path, models: Sequence[str] | None = None) -> list[Run]:
+    """Every ``runs/<model>/fold<k>`` whose last stage has a ``best.pt``, sorted by model and fold."""
+    found = []
+    for cfg_path in sorted(Path(runs_dir).glob("*/fold*/config.yaml")):
+        match = re.fullmatch(r"fold(\d+)", cfg_path.parent.name)
+        model = cfg_path.parent.parent.name
+        if match is None or (models and model not in models):
+            continue
+        cfg = yaml.safe_load(cfg_path.read_text())
+        size = parse_schedule(cfg["train"]["stages"], str(cfg_path))[-1].size
+        ckpt = cfg_path.parent / f"{size}px" / "best.pt"
+        if ckpt.is_file():
+            found.append(Run(model, int(match.group(1)), cfg_path.parent, cfg, ckpt, size))
+    return found
+
+
+def cached_features(model: SiameseModel, run: Run, names: Sequence[str], paths: Sequence[Path],
+                    boxes: Sequence, cache: Path, device: torch.device, batch: int = 64,
+                    workers: int | None = None, shards: Shards = SINGLE) -> np.ndarray:
+    """Branch (and neck) features of ``paths``, reused from ``cache`` (``.npz``: features, names, key) while its key
+    holds: the checkpoint, the size, the crop margin, ``score.tta`` and every photo file and box
+    (:mod:`data.cache`).
+
+    With several ``shards`` each process computes its rows and rank 0 writes the whole cache."""
+    stat = run.checkpoint.stat()
+    tta = score_tta(run.config)
+    settings = f"{run.checkpoint.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{run.size}|margin {TEST_MARGIN}|tta {tta}"
+    key = cache_key(settings, paths, boxes)
+    names = np.asarray(names, dtype=str)
+    stored = read_cache(cache, key, names)
+    if stored is not None and "features" in stored:
+        return stored["features"]
+    mcfg = run.config["model"]
+    rows = shards.rows(len(names))
+
+    def write_part(path: Path) -> None:
+        encoder = model.encoder() if hasattr(model, "encoder") else model.branch
+        feats = compute_features(encoder, list(paths)[rows], list(boxes)[rows], run.size,
+                                 channels=int(mcfg.get("in_chans", 3)), batch=batch, device=device,
+                                 workers=workers,
+                                 max_megapixels=float(run.config.get("data", {}).get("max_megapixels", 60)),
+                                 desc=f"{run.model} fold{run.fold} {cache.stem}", flip_tta=tta == "flip")
+        save_npz(path, features=feats, names=names[rows], key=np.asarray(key))
+
+    def join(parts: list[Path], path: Path) -> None:
+        save_npz(path, **stack_npz_rows(parts, ("features", "names")))
+
+    shards.assemble(cache, write_part, join)
+    return load_npz(cache)["features"]
+
+
+TTAS = ("none", "flip")
+
+
+def score_tta(config: dict) -> str:
+    """A run config's ``score.tta``: ``none``, or ``flip`` (features of the photo and its mirror averaged)."""
+    tta = str((config.get("score") or {}).get("tta", "none") or "none")
+    if tta not in TTAS:
+        raise InputError(None, f"score.tta must be one of {', '.join(TTAS)}, not {tta!r}")
+    return tta
