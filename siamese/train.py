@@ -138,6 +138,22 @@ class Trainer:
             self._trunk_cache[key] = self._features(paths, boxes, size, desc)
         return self._head_features(self._trunk_cache[key])
 
+    def _frozen_gallery(self, size: int) -> np.ndarray:
+        """Trunk features of every training image in a frozen block: the mining images' from the cached test-time
+        view, the others (whales with one photo) computed once."""
+        d = self.data
+        key = f"gallery rest|{size}"
+        rest = np.setdiff1d(np.arange(len(d.train_paths)), self.mine_idx)
+        if key not in self._trunk_cache:
+            self._trunk_cache[key] = self._features([d.train_paths[i] for i in rest], [d.train_boxes[i] for i in rest],
+                                                    size, "gallery features")
+        mined = self._frozen_feats[0].cpu().numpy()
+        out = np.empty((len(d.train_paths), mined.shape[1]), np.float32)
+        out[self.mine_idx] = mined
+        if len(rest):
+            out[rest] = self._trunk_cache[key]
+        return out
+
     def _scores(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
         """The head over every query x gallery pair; with several ranks each scores its query rows."""
         part = score_matrix(self.model.head, query[self.shards.rows(len(query))], gallery, device=self.device,
@@ -153,8 +169,11 @@ class Trainer:
         """Validation MAP@5 of the fold (threshold tuned for ``new_whale``) and that threshold."""
         d = self.data
         known = d.train_labels != NEW_WHALE
-        gallery = self._encode([p for p, k in zip(d.train_paths, known) if k],
-                               [b for b, k in zip(d.train_boxes, known) if k], size, "gallery features")
+        if self._frozen_feats is not None and known.all():
+            gallery = self._head_features(self._frozen_gallery(size))
+        else:
+            gallery = self._encode([p for p, k in zip(d.train_paths, known) if k],
+                                   [b for b, k in zip(d.train_boxes, known) if k], size, "gallery features")
         query = self._encode(d.val_paths, d.val_boxes, size, "validation features")
         scores = self._scores(query, gallery)
         threshold, map5 = tune_threshold(scores, list(d.train_labels[known]), list(d.val_labels),
