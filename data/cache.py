@@ -7,12 +7,12 @@ reads as missing and is recomputed."""
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from data.errors import InputError
 from data.io import load_npz
 
 
@@ -37,7 +37,7 @@ def read_cache(cache: Path, key: str, names: Sequence[str]) -> dict[str, np.ndar
         return None
     try:
         stored = load_npz(cache)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+    except InputError:
         return None
     if "key" not in stored or "names" not in stored or str(stored["key"]) != key:
         return None

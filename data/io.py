@@ -6,11 +6,14 @@ import contextlib
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from data.errors import InputError
 
 
 @contextlib.contextmanager
@@ -93,9 +96,16 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Load every array of an ``.npz`` written by :func:`save_npz` (``allow_pickle`` stays off)."""
-    with np.load(path, allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+    """Load every array of an ``.npz`` written by :func:`save_npz` (``allow_pickle`` stays off); a missing,
+    truncated or foreign file is an :class:`InputError` naming it."""
+    if not Path(path).is_file():
+        raise InputError(path, "not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise InputError(path, f"is truncated or not a valid .npz file ({type(err).__name__}); "
+                               "remove it and run the step that writes it again") from None
 
 
 def place_file(src: Path, dst: Path, mode: str) -> str:

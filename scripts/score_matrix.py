@@ -57,7 +57,7 @@ def main() -> int:
     keypoints = keypoint_settings(runs, args.keypoints)
     catalog = load_catalog(args.data_dir, need_test=True)
     folds_path = args.data_dir / "folds.csv"
-    folds = read_folds(folds_path) if folds_path.is_file() else None
+    folds = read_folds(folds_path, catalog.train) if folds_path.is_file() else None
     device = pick_device(args.device)
     shards = from_env(device)  # torchrun: query rows split over the processes, rank 0 writes the files
     device = local_device(device)

@@ -51,7 +51,7 @@ def main() -> int:
     folds_path = args.data_dir / "folds.csv"
     if not folds_path.is_file():
         raise InputError(folds_path, "not found; run scripts/make_folds.py first")
-    train_df, val_df = fold_split(read_folds(folds_path), args.fold, include_singletons=True)
+    train_df, val_df = fold_split(read_folds(folds_path, catalog.train), args.fold, include_singletons=True)
     data = build_fold_data(catalog, train_df, val_df)
     embedding = is_embedding_config(cfg)  # model.family: arcface (every known whale a class, singletons too)
     if not embedding and len(data.mining_index) < 2:
