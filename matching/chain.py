@@ -5,11 +5,19 @@ A chain config is a Siamese config (``base:`` inheritance as usual) with two top
 default 4). Steps: folds, one training run per fold (``--resume``), score matrices, ensemble, evaluation
 (when the data dir has ``truth.csv``) and the frozen-branch cosine baseline at the size of the last stage.
 A step whose outputs exist is reused, except the cheap ones that read the others (ensemble, evaluation).
+
+The one step runner of the project (:func:`run_steps`) runs these steps and those of scripts/demo.py
+(:func:`demo_steps`). The chain's summary reads the results of final_ensemble.py from
+``<work-dir>/ensemble/summary.json`` (:func:`read_ensemble_summary`), never from its printed output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +27,7 @@ from data.errors import InputError
 from matching.runs.keypoint_scores import keypoint_scores_done
 
 DEFAULT_N_FOLDS = 4
+ENSEMBLE_SUMMARY = Path("ensemble") / "summary.json"  # under --work-dir, written by scripts/final_ensemble.py
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,57 @@ class Step:
     script: str  # file name under scripts/
     args: list[str]
     done: Callable[[], bool] = field(default=lambda: False, compare=False)
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_steps(steps: Sequence[Step], scripts_dir: Path, echo: Callable[[str], None] = _echo
+              ) -> tuple[int, list[tuple[str, float | None]]]:
+    """Run each step's script (``scripts_dir / step.script``) in a subprocess of this Python, its output passing
+    through to the terminal; a step whose ``done()`` is true is reused. ``echo`` gets the ``== name: ...`` line
+    of each step. Stops at the first failing step. Returns (exit code: 0, or the failing step's; the
+    (name, seconds) of the steps run so far, seconds None for a reused step)."""
+    timings: list[tuple[str, float | None]] = []
+    for step in steps:
+        if step.done():
+            echo(f"== {step.name}: done before, reused")
+            timings.append((step.name, None))
+            continue
+        echo(f"== {step.name}: python scripts/{' '.join([step.script, *step.args])}")
+        start = time.perf_counter()
+        code = subprocess.run([sys.executable, str(Path(scripts_dir) / step.script), *step.args]).returncode
+        if code != 0:
+            print(f"error: step '{step.name}' failed (exit {code})", file=sys.stderr, flush=True)
+            return code, timings
+        timings.append((step.name, time.perf_counter() - start))
+    return 0, timings
+
+
+def demo_steps(config: Path, cfg: Mapping, data: Path, work: Path, folds: Sequence[int], seed: int = 0
+               ) -> list[Step]:
+    """The steps of scripts/demo.py on the synthetic catalog: generate, fold, box, train ``folds``, score,
+    blend and submit, write the review page."""
+    model = cfg["model"]["name"]
+    common = ["--data-dir", str(data), "--work-dir", str(work)]
+    steps = [
+        Step("synthetic catalog", "make_synthetic.py", ["--out", str(data), "--seed", str(seed)],
+             lambda: (data / "train.csv").is_file()),
+        Step("folds", "make_folds.py", ["--data-dir", str(data)], lambda: (data / "folds.csv").is_file()),
+        Step("box detector", "train_bbox.py", common, lambda: (work / "bbox" / "metrics.csv").is_file()),
+        Step("boxes", "predict_bbox.py", common, lambda: (data / "boxes.csv").is_file()),
+    ]
+    for k in folds:
+        steps.append(Step(f"train fold {k}", "train_fold.py", [str(k), *common, "--config", str(config), "--resume"],
+                          lambda k=k: _run_complete(work / "runs" / model / f"fold{k}")))
+    steps += [
+        Step("score matrices", "score_matrix.py", [*common, "--models", model],
+             lambda: (work / "scores" / model / "test.npz").is_file() and keypoint_scores_done(cfg, work)),
+        Step("ensemble", "final_ensemble.py", common),
+        Step("review page", "report.py", common),
+    ]
+    return steps
 
 
 def chain_folds(cfg: Mapping, source: str | Path | None = None) -> tuple[list[int], int]:
@@ -122,3 +182,38 @@ def oof_by_fold(work: Path, model: str, folds: list[int], labels: Mapping[str, s
             out[k] = tune_threshold(m.scores, [labels[n] for n in m.gallery], [labels[n] for n in m.query],
                                     mode=mode)[1]
     return out
+
+
+def read_ensemble_summary(work: Path) -> dict | None:
+    """The results final_ensemble.py wrote to ``<work>/ensemble/summary.json``; None when there is none."""
+    path = Path(work) / ENSEMBLE_SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(path, f"not valid JSON ({err}); run scripts/final_ensemble.py again") from err
+
+
+def ensemble_lines(summary: Mapping | None, model: str) -> list[str]:
+    """The lines of final_ensemble.py's results the chain's summary shows, as final_ensemble.py prints them:
+    ``model``'s out-of-fold MAP@5, the blend's with and without the column-wise pass, the threshold."""
+    if not summary:
+        return []
+    lines = []
+    for m in summary.get("models", []):
+        if m["name"] == model:
+            oof = "-" if m.get("oof_map5") is None else f"{m['oof_map5']:.4f}"
+            lines.append(f"{m['name']:<16}{m['weight']:>8.2f}{oof:>12}")
+    if summary.get("oof_map5") is not None:
+        lines.append(f"{'blend':<24}{summary['oof_map5']:>12.4f}")
+        lines.append(f"{'blend + column pass':<24}{summary['oof_map5_post']:>12.4f}"
+                     f"{'' if summary.get('post_applied', True) else '  (not applied to the submission)'}")
+    lines.append(f"threshold {summary['threshold']:.4f}; column pass swapped {summary['swapped']} test queries")
+    return lines
+
+
+def ensemble_oof_map5(summary: Mapping | None) -> float:
+    """The blend's out-of-fold MAP@5 (without the column-wise pass); NaN when there is none."""
+    value = (summary or {}).get("oof_map5")
+    return float("nan") if value is None else float(value)

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import _cli
+from matching.chain import demo_steps, run_steps
 from matching.evaluation.baseline import raw_pixel_baseline
 from matching.evaluation.submission import evaluate_submission
-from siamese.train import run_complete
 
 SCRIPTS = Path(__file__).resolve().parent
 
@@ -40,43 +36,11 @@ def main() -> int:
             if folder.exists():
                 shutil.rmtree(folder)
     from data.config import load_config
-    from matching.runs.keypoint_scores import keypoint_scores_done
 
-    config = load_config(args.config)
-    model = config["model"]["name"]
-    steps: list[tuple[str, Callable[[], bool], list[str]]] = [
-        ("synthetic catalog", lambda: (data / "train.csv").is_file(),
-         ["make_synthetic.py", "--out", str(data), "--seed", str(args.seed)]),
-        ("folds", lambda: (data / "folds.csv").is_file(), ["make_folds.py", "--data-dir", str(data)]),
-        ("box detector", lambda: (work / "bbox" / "metrics.csv").is_file(),
-         ["train_bbox.py", "--data-dir", str(data), "--work-dir", str(work)]),
-        ("boxes", lambda: (data / "boxes.csv").is_file(),
-         ["predict_bbox.py", "--data-dir", str(data), "--work-dir", str(work)]),
-    ]
-    for k in args.folds:
-        steps.append((f"train fold {k}", lambda k=k: run_complete(work / "runs" / model / f"fold{k}"),
-                      ["train_fold.py", str(k), "--data-dir", str(data), "--work-dir", str(work),
-                       "--config", str(args.config), "--resume"]))
-    steps += [
-        ("score matrices",
-         lambda: (work / "scores" / model / "test.npz").is_file() and keypoint_scores_done(config, work),
-         ["score_matrix.py", "--data-dir", str(data), "--work-dir", str(work), "--models", model]),
-        ("ensemble", lambda: False, ["final_ensemble.py", "--data-dir", str(data), "--work-dir", str(work)]),
-        ("review page", lambda: False, ["report.py", "--data-dir", str(data), "--work-dir", str(work)]),
-    ]
-    timings = []
-    for name, done, command in steps:
-        if done():
-            print(f"== {name}: done before, reused", flush=True)
-            timings.append((name, None))
-            continue
-        print(f"== {name}: python scripts/{' '.join(command)}", flush=True)
-        start = time.perf_counter()
-        result = subprocess.run([sys.executable, str(SCRIPTS / command[0]), *command[1:]])
-        if result.returncode != 0:
-            print(f"error: step '{name}' failed (exit {result.returncode})", file=sys.stderr)
-            return result.returncode
-        timings.append((name, time.perf_counter() - start))
+    steps = demo_steps(args.config, load_config(args.config), data, work, args.folds, seed=args.seed)
+    code, timings = run_steps(steps, SCRIPTS)
+    if code != 0:
+        return code
 
     submission_map = evaluate_submission(work / "submission.csv", data / "truth.csv")
     baseline = raw_pixel_baseline(data)

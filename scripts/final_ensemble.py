@@ -5,15 +5,23 @@ truth of the out-of-fold rows); prints the out-of-fold MAP@5 of each model and o
 the column-wise pass; writes <work-dir>/submission.csv and the blended matrices <work-dir>/ensemble/{test,oof}.npz
 (read by scripts/report.py). When --data-dir has truth.csv (the synthetic
 catalog), prints the test MAP@5 too.
+
+Writes what it prints to <work-dir>/ensemble/summary.json as well (read by scripts/run_chain.py): ``models``
+(each ``name``, ``weight``, ``oof_map5`` and ``threshold``, null without out-of-fold matrices), the blend's
+``oof_map5`` and ``oof_map5_post`` (with the column-wise pass; both null without out-of-fold matrices),
+``post_applied``, ``threshold``, ``swapped`` (test queries the column pass changed), ``queries``,
+``test_map5`` and ``truth`` (null without truth.csv) and ``notes``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import _cli
 from data.catalog import read_train_csv
 from data.errors import InputError
+from data.io import write_text
 from matching.evaluation.submission import read_truth, write_submission
 from matching.ranking.ensemble import find_models, map5_against, run_ensemble, save_blends
 from matching.ranking.postprocess import ColumnPass
@@ -54,9 +62,24 @@ def main() -> int:
     blends = save_blends(result, args.work_dir / "ensemble")
     print(f"wrote {', '.join(map(str, blends))} (blended matrices, read by scripts/report.py)")
     truth_path = args.data_dir / "truth.csv"
+    test_map5 = None
     if truth_path.is_file():
-        print(f"test MAP@5 {map5_against(result, read_truth(truth_path), str(truth_path)):.4f} (against {truth_path})")
+        test_map5 = map5_against(result, read_truth(truth_path), str(truth_path))
+        print(f"test MAP@5 {test_map5:.4f} (against {truth_path})")
+    summary = {
+        "models": [{"name": m.name, "weight": float(m.weight), "oof_map5": _num(m.oof_map5),
+                    "threshold": _num(m.threshold)} for m in result.models],
+        "oof_map5": _num(result.oof_map5), "oof_map5_post": _num(result.oof_map5_post),
+        "post_applied": bool(result.post_applied), "threshold": float(result.threshold),
+        "swapped": int(result.swapped), "queries": len(result.ranked), "test_map5": _num(test_map5),
+        "truth": None if test_map5 is None else str(truth_path), "notes": list(result.notes),
+    }
+    write_text(json.dumps(summary, indent=2) + "\n", args.work_dir / "ensemble" / "summary.json")
     return 0
+
+
+def _num(value) -> float | None:
+    return None if value is None else float(value)
 
 
 if __name__ == "__main__":

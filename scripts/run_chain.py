@@ -6,7 +6,8 @@ final_ensemble.py, evaluate.py (when --data-dir has truth.csv) and baseline.py -
 ImageNet EfficientNet-Lite0 cosine baseline at the last stage's size, reusing the features score_matrix.py
 cached when the branch never trained). A step whose outputs exist is reused (--force redoes them).
 Ends with the time of each step, the out-of-fold MAP@5 of each fold and of the blend, the test metrics and
-the baseline; the last line is ``MAP@5 <value>`` (test when truth.csv exists, else out-of-fold).
+the baseline; the last line is ``MAP@5 <value>`` (test when truth.csv exists, else out-of-fold). The ensemble's
+results come from <work-dir>/ensemble/summary.json (written by final_ensemble.py), not its printed output.
 
 Examples:
   python scripts/make_protocol.py --data-dir ../shared/data/right_whale --out /tmp/rw --seed 0 --max-new-photos 2
@@ -18,27 +19,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import _cli
 from data.catalog import read_train_csv
-from matching.chain import build_steps, chain_folds, fold_validation, oof_by_fold
+from matching.chain import (
+    build_steps,
+    chain_folds,
+    ensemble_lines,
+    ensemble_oof_map5,
+    fold_validation,
+    oof_by_fold,
+    read_ensemble_summary,
+    run_steps,
+)
 
 SCRIPTS = Path(__file__).resolve().parent
-
-
-def run_step(command: list[str]) -> tuple[int, list[str]]:
-    """Run a script, echoing its stdout line by line (stderr, with the progress bars, passes through)."""
-    proc = subprocess.Popen([sys.executable, str(SCRIPTS / command[0]), *command[1:]], stdout=subprocess.PIPE,
-                            text=True, bufsize=1)
-    lines = []
-    for line in proc.stdout:
-        print(line, end="", flush=True)
-        lines.append(line.rstrip("\n"))
-    return proc.wait(), lines
 
 
 def main() -> int:
@@ -57,19 +54,9 @@ def main() -> int:
         (data / "folds.csv").unlink(missing_ok=True)
     load_start = os.getloadavg()
     start = time.perf_counter()
-    timings, outputs = [], {}
-    for step in steps:
-        if step.done():
-            print(f"== {step.name}: done before, reused", flush=True)
-            timings.append((step.name, None))
-            continue
-        print(f"== {step.name}: python scripts/{step.script} {' '.join(step.args)}", flush=True)
-        t0 = time.perf_counter()
-        code, outputs[step.name] = run_step([step.script, *step.args])
-        if code != 0:
-            print(f"error: step '{step.name}' failed (exit {code})", file=sys.stderr)
-            return code
-        timings.append((step.name, time.perf_counter() - t0))
+    code, timings = run_steps(steps, SCRIPTS)
+    if code != 0:
+        return code
     total = time.perf_counter() - start
 
     labels = dict(read_train_csv(data / "train.csv")[["Image", "Id"]].itertuples(index=False))
@@ -84,8 +71,8 @@ def main() -> int:
     for k in folds:
         print(f"  fold {k}: training-time validation MAP@5 {val.get(k, float('nan')):.4f} (fold protocol); "
               f"out-of-fold matrix MAP@5 {oof.get(k, float('nan')):.4f} (catalog protocol)")
-    ensemble = [line for line in outputs.get("ensemble", []) if line.startswith(("blend", model, "threshold"))]
-    for line in ensemble:
+    ensemble = read_ensemble_summary(work)  # final_ensemble.py's results (<work-dir>/ensemble/summary.json)
+    for line in ensemble_lines(ensemble, model):
         print(f"  final_ensemble: {line}")
     result = None
     evaluation = work / "evaluation.json"
@@ -103,8 +90,7 @@ def main() -> int:
             print(f"  frozen-Lite0 cosine baseline {b['size']} px ({r['protocol']} protocol): OOF MAP@5 "
                   f"{_fmt(r['oof_map5'])} (per fold: {per_fold}){test}")
     if result is None:
-        oof_lines = [line for line in ensemble if line.startswith("blend ")]
-        result = float(oof_lines[0].split()[-1]) if oof_lines else float("nan")
+        result = ensemble_oof_map5(ensemble)
     print(f"MAP@5 {result:.4f}")
     return 0
 

@@ -1,13 +1,34 @@
-"""The chain of scripts/run_chain.py: the folds of a config, the steps built from it, its summaries."""
+"""The chain of scripts/run_chain.py and scripts/demo.py: the folds of a config, the steps built from it, the
+one step runner, its summaries (read from final_ensemble.py's summary.json)."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from data.catalog import NEW_WHALE, read_train_csv
 from data.config import load_config
 from data.errors import InputError
-from matching.chain import build_steps, chain_folds, fold_validation, folds_file_matches, last_stage_size
+from matching.chain import (
+    ENSEMBLE_SUMMARY,
+    Step,
+    build_steps,
+    chain_folds,
+    demo_steps,
+    ensemble_lines,
+    ensemble_oof_map5,
+    fold_validation,
+    folds_file_matches,
+    last_stage_size,
+    read_ensemble_summary,
+    run_steps,
+)
+from matching.evaluation.submission import read_truth
+from matching.matrix import ScoreMatrix, save_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CPU = REPO / "configs" / "real_cpu.yaml"
@@ -111,3 +132,119 @@ def test_fold_validation_reads_the_best_of_the_last_stage(tmp_path):
         d.mkdir(parents=True)
         pd.DataFrame({"val_map5": values}).to_csv(d / "metrics.csv", index=False)
     assert fold_validation(tmp_path, "m", [0, 1]) == {1: 0.5}
+
+
+def test_demo_steps_keep_their_scripts_arguments_and_reuse_tests(tmp_path):
+    data, work, config = tmp_path / "data", tmp_path / "work", tmp_path / "demo.yaml"
+    steps = demo_steps(config, {"model": {"name": "m"}}, data, work, [0, 1], seed=3)
+    assert [s.name for s in steps] == ["synthetic catalog", "folds", "box detector", "boxes", "train fold 0",
+                                       "train fold 1", "score matrices", "ensemble", "review page"]
+    common = ["--data-dir", str(data), "--work-dir", str(work)]
+    assert [(s.script, s.args) for s in steps] == [
+        ("make_synthetic.py", ["--out", str(data), "--seed", "3"]),
+        ("make_folds.py", ["--data-dir", str(data)]),
+        ("train_bbox.py", common), ("predict_bbox.py", common),
+        ("train_fold.py", ["0", *common, "--config", str(config), "--resume"]),
+        ("train_fold.py", ["1", *common, "--config", str(config), "--resume"]),
+        ("score_matrix.py", [*common, "--models", "m"]),
+        ("final_ensemble.py", common), ("report.py", common)]
+    assert not any(s.done() for s in steps)
+    data.mkdir()
+    for name in ("train.csv", "folds.csv", "boxes.csv"):
+        (data / name).write_text("")
+    (work / "bbox").mkdir(parents=True)
+    (work / "bbox" / "metrics.csv").write_text("")
+    (work / "scores" / "m").mkdir(parents=True)
+    (work / "scores" / "m" / "test.npz").write_bytes(b"")
+    done = {s.name: s.done() for s in steps}
+    assert done == {"synthetic catalog": True, "folds": True, "box detector": True, "boxes": True,
+                    "train fold 0": False, "train fold 1": False, "score matrices": True,
+                    "ensemble": False, "review page": False}
+
+
+def _script(folder: Path, name: str, code: int) -> None:
+    (folder / name).write_text("import pathlib, sys\n"
+                               "pathlib.Path(sys.argv[1]).write_text(' '.join(sys.argv[2:]))\n"
+                               f"sys.exit({code})\n")
+
+
+def test_run_steps_reuses_done_steps_and_stops_at_the_first_failure(tmp_path, capsys):
+    _script(tmp_path, "ok.py", 0)
+    _script(tmp_path, "fail.py", 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    steps = [Step("first", "ok.py", [str(out / "first"), "a", "b"]),
+             Step("reused", "ok.py", [str(out / "reused")], lambda: True),
+             Step("broken", "fail.py", [str(out / "broken")]),
+             Step("never", "ok.py", [str(out / "never")])]
+    echoed = []
+    code, timings = run_steps(steps, tmp_path, echo=echoed.append)
+    assert code == 3
+    assert [name for name, _ in timings] == ["first", "reused"]
+    assert timings[0][1] is not None and timings[0][1] >= 0 and timings[1][1] is None
+    assert sorted(p.name for p in out.iterdir()) == ["broken", "first"]  # "reused" and "never" did not run
+    assert (out / "first").read_text() == "a b"
+    assert echoed == [f"== first: python scripts/ok.py {out / 'first'} a b", "== reused: done before, reused",
+                      f"== broken: python scripts/fail.py {out / 'broken'}"]
+    assert "error: step 'broken' failed (exit 3)" in capsys.readouterr().err
+
+
+def test_run_steps_runs_every_step_and_prints_by_default(tmp_path, capsys):
+    _script(tmp_path, "ok.py", 0)
+    code, timings = run_steps([Step("one", "ok.py", [str(tmp_path / "x")])], tmp_path)
+    assert code == 0 and [name for name, _ in timings] == ["one"]
+    assert f"== one: python scripts/ok.py {tmp_path / 'x'}" in capsys.readouterr().out
+
+
+def test_the_chain_summary_reads_a_hand_made_ensemble_summary(tmp_path):
+    assert read_ensemble_summary(tmp_path) is None and ensemble_lines(None, "m") == []
+    assert np.isnan(ensemble_oof_map5(None))
+    path = tmp_path / ENSEMBLE_SUMMARY
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({
+        "models": [{"name": "m", "weight": 0.75, "oof_map5": 0.61234, "threshold": 0.5},
+                   {"name": "other", "weight": 0.25, "oof_map5": None, "threshold": None}],
+        "oof_map5": 0.625, "oof_map5_post": 0.6, "post_applied": False, "threshold": 0.4321, "swapped": 2,
+        "queries": 10, "test_map5": 0.5, "truth": "truth.csv", "notes": []}))
+    summary = read_ensemble_summary(tmp_path)
+    assert ensemble_oof_map5(summary) == 0.625
+    assert ensemble_lines(summary, "m") == [
+        "m                   0.75      0.6123",
+        "blend                         0.6250",
+        "blend + column pass           0.6000  (not applied to the submission)",
+        "threshold 0.4321; column pass swapped 2 test queries"]
+    summary |= {"oof_map5": None, "oof_map5_post": None}
+    assert ensemble_lines(summary, "other") == ["other               0.25           -",
+                                                "threshold 0.4321; column pass swapped 2 test queries"]
+    assert np.isnan(ensemble_oof_map5(summary))
+    path.write_text("{")
+    with pytest.raises(InputError, match="not valid JSON"):
+        read_ensemble_summary(tmp_path)
+
+
+def _matrix(queries, gallery, labels, truth, rng) -> ScoreMatrix:
+    scores = rng.uniform(0.0, 0.5, (len(queries), len(gallery))).astype(np.float32)
+    g = np.array([labels[n] for n in gallery])
+    for i, q in enumerate(queries):
+        scores[i, g == truth[q]] += 0.4
+    return ScoreMatrix(scores, np.array(queries), np.array(gallery))
+
+
+def test_final_ensemble_writes_the_summary_the_chain_prints(tiny_catalog, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = dict(zip(*read_train_csv(tiny_catalog / "train.csv")[["Image", "Id"]].to_numpy().T))
+    gallery = [n for n, i in labels.items() if i != NEW_WHALE]
+    truth = read_truth(tiny_catalog / "truth.csv")
+    work = tmp_path / "work"
+    save_matrix(work / "scores" / "alpha" / "test.npz", _matrix(sorted(truth), gallery, labels, truth, rng))
+    save_matrix(work / "scores" / "alpha" / "oof.npz", _matrix(gallery, gallery, labels, labels, rng))
+    run = subprocess.run([sys.executable, str(REPO / "scripts" / "final_ensemble.py"), "--data-dir",
+                          str(tiny_catalog), "--work-dir", str(work)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    printed = [line for line in run.stdout.splitlines() if line.startswith(("blend", "alpha", "threshold"))]
+    summary = read_ensemble_summary(work)
+    assert ensemble_lines(summary, "alpha") == printed and len(printed) == 4
+    test_line = [line for line in run.stdout.splitlines() if line.startswith("test MAP@5")]
+    assert test_line and test_line[0].split()[2] == f"{summary['test_map5']:.4f}"
+    assert summary["truth"] == str(tiny_catalog / "truth.csv") and summary["queries"] == len(truth)
+    assert ensemble_oof_map5(summary) == pytest.approx(float(printed[1].split()[-1]), abs=5e-5)
