@@ -109,7 +109,7 @@ def chain_folds(cfg: Mapping, source: str | Path | None = None) -> tuple[list[in
 def last_stage_size(cfg: Mapping, source: str | Path | None = None) -> int:
     from siamese.schedule import parse_schedule
 
-    return parse_schedule(cfg.get("train", {}).get("stages"), str(source or "train.stages"))[-1].size
+    return parse_schedule(cfg.get("train", {}).get("stages"), str(source or "train.stages"), require_k=False)[-1].size
 
 
 def folds_file_matches(path: Path, n_folds: int) -> bool:

@@ -2,7 +2,7 @@
 never), optional mirrored classes, ArcFace (+ triplet, focal) loss, warm-up then cosine learning rate, and
 the Siamese schedule format, checkpoints, resume and ``metrics.csv`` (the loop is :class:`siamese.train.Trainer`'s).
 
-Schedule blocks are ``{epochs, lr, batch, freeze_branch}`` (``K`` is accepted and ignored). A frozen block
+Schedule blocks are ``{epochs, lr, batch, freeze_branch}`` (no ``K``: nothing is mined). A frozen block
 computes branch features once (the test-time crop and ``train.frozen_views`` random training views of every
 photo) and trains the neck and margin head on them; one of its epochs covers every view.
 """
@@ -41,14 +41,6 @@ class Flipped(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.module(images.flip(-1))
-
-
-def with_k(stages):
-    """The schedule with ``K: 0`` in every block that has none (the Siamese format's readers need it)."""
-    if not isinstance(stages, list):
-        return stages
-    return [dict(st, blocks=[dict({"K": 0}, **b) if isinstance(b, dict) else b for b in st.get("blocks") or []])
-            if isinstance(st, dict) and isinstance(st.get("blocks"), list) else st for st in stages]
 
 
 def class_items(labels: np.ndarray, mirror: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
@@ -117,9 +109,10 @@ class ItemImages(Dataset):
 class EmbedTrainer(Trainer):
     """Runs an embedding schedule for one fold; ``run_dir`` is ``runs/<model>/fold<k>``."""
 
+    MINES_PAIRS = False
+
     def __init__(self, model: EmbeddingModel, cfg: dict, data: FoldData, run_dir: Path,
                  device: torch.device, log: Callable[[str], None] = print):
-        cfg["train"]["stages"] = with_k(cfg["train"].get("stages"))
         super().__init__(model, cfg, data, run_dir, device, log)  # one process: no shards
         self.index, self.flip, self.cls, self.classes = class_items(data.train_labels,
                                                                     bool(cfg["model"].get("mirror", False)))
@@ -136,7 +129,6 @@ class EmbedTrainer(Trainer):
     @classmethod
     def create(cls, cfg: dict, data: FoldData, run_dir: Path, device: torch.device,
                log: Callable[[str], None] = print) -> EmbedTrainer:
-        cfg["train"]["stages"] = with_k(cfg["train"].get("stages"))  # as written to the run's config.yaml
         classes = class_items(data.train_labels, bool(cfg["model"].get("mirror", False)))[3]
         if len(classes) < 2:
             raise InputError(None, "the fold has fewer than two known whales to train on")

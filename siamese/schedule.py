@@ -31,8 +31,11 @@ class Position:
     epoch: int
 
 
-def parse_schedule(stages: list, source: str = "config") -> list[Stage]:
-    """Validate ``train.stages`` of a config into :class:`Stage` objects (one clear error per problem)."""
+def parse_schedule(stages: list, source: str = "config", *, require_k: bool = True) -> list[Stage]:
+    """Validate ``train.stages`` of a config into :class:`Stage` objects (one clear error per problem).
+
+    ``require_k``: every block states the mining noise ``K`` (the Siamese family); without it (the embedding
+    family, or a reader that wants only the sizes) a block has no ``K`` and reads as 0."""
     if not isinstance(stages, list) or not stages:
         raise InputError(source, "train.stages must be a non-empty list of {size, blocks}")
     out = []
@@ -41,10 +44,10 @@ def parse_schedule(stages: list, source: str = "config") -> list[Stage]:
             raise InputError(source, f"train.stages[{i}] needs 'size' and a non-empty 'blocks' list")
         blocks = []
         for j, bl in enumerate(st["blocks"]):
-            missing = {"epochs", "lr", "K", "batch"} - set(bl or {})
+            missing = {"epochs", "lr", "batch", *(["K"] if require_k else [])} - set(bl or {})
             if missing:
                 raise InputError(source, f"train.stages[{i}].blocks[{j}] lacks {', '.join(sorted(missing))}")
-            block = Block(int(bl["epochs"]), float(bl["lr"]), float(bl["K"]),
+            block = Block(int(bl["epochs"]), float(bl["lr"]), float(bl.get("K", 0.0)),
                           bool(bl.get("freeze_branch", False)), int(bl["batch"]))
             if block.epochs < 1 or block.batch < 1 or block.lr <= 0 or block.K < 0:
                 raise InputError(source, f"train.stages[{i}].blocks[{j}] has a non-positive epochs/batch/lr or K < 0")

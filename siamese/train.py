@@ -64,6 +64,8 @@ class Trainer:
     batch (gradients summed by DistributedDataParallel, so the steps are those of one process), and only
     rank 0 writes checkpoints and metrics."""
 
+    MINES_PAIRS = True  # a family trained on mined pairs: schedule blocks carry K, the miner's memory is saved
+
     def __init__(self, model: SiameseModel, cfg: dict, data: FoldData, run_dir: Path,
                  device: torch.device, log: Callable[[str], None] = print, shards: Shards = SINGLE):
         self.shards = shards
@@ -80,13 +82,13 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.device = device
         self.log = log if shards.main else (lambda _: None)
-        self.stages = parse_schedule(self.tcfg.get("stages"), "train.stages")
+        self.stages = parse_schedule(self.tcfg.get("stages"), "train.stages", require_k=self.MINES_PAIRS)
         self.seed = int(self.tcfg.get("seed", 0))
         self.channels = int(cfg["model"].get("in_chans", 3))
         self.mine_idx = data.mining_index
         self.mine_labels = data.train_labels[self.mine_idx]
-        self.miner = NegativeMiner(self.mine_labels, segments=int(self.tcfg.get("segments", 1)),
-                                   sparse_k=self.tcfg.get("sparse_k"), memory=1)
+        self.miner = (NegativeMiner(self.mine_labels, segments=int(self.tcfg.get("segments", 1)),
+                                    sparse_k=self.tcfg.get("sparse_k"), memory=1) if self.MINES_PAIRS else None)
         self.optimizer = self._optimizer()
         self.rows: list[dict] = []
         self.best_map5 = -1.0
@@ -552,6 +554,6 @@ def run_complete(run_dir: Path) -> bool:
     cfg_path = Path(run_dir) / "config.yaml"
     if not cfg_path.is_file():
         return False
-    stages = parse_schedule(yaml.safe_load(cfg_path.read_text())["train"]["stages"], str(cfg_path))
+    stages = parse_schedule(yaml.safe_load(cfg_path.read_text())["train"]["stages"], str(cfg_path), require_k=False)
     last = stage_dir(Path(run_dir), stages[-1]) / "last.pt"
     return last.is_file() and load_checkpoint(last)["position"][0] >= len(stages)

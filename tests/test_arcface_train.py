@@ -59,7 +59,7 @@ def unbroken(tiny_catalog, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("work") / "runs" / "tinyarc" / "fold0"
     trainer = make_trainer(tiny_catalog, run_dir)
     metrics = trainer.fit()
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(trainer.cfg))  # as train_fold.py writes it (K: 0 added)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(trainer.cfg))  # as train_fold.py writes it
     return run_dir, metrics
 
 

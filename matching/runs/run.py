@@ -47,7 +47,7 @@ def discover_runs(runs_dir: Path, models: Sequence[str] | None = None) -> list[R
         if match is None or (models and model not in models):
             continue
         cfg = yaml.safe_load(cfg_path.read_text())
-        size = parse_schedule(cfg["train"]["stages"], str(cfg_path))[-1].size
+        size = parse_schedule(cfg["train"]["stages"], str(cfg_path), require_k=False)[-1].size
         ckpt = cfg_path.parent / f"{size}px" / "best.pt"
         if ckpt.is_file():
             found.append(Run(model, int(match.group(1)), cfg_path.parent, cfg, ckpt, size))
