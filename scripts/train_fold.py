@@ -28,10 +28,8 @@ from data.distributed import from_env, local_device
 from data.errors import InputError
 from data.folds import fold_split
 from data.io import write_text
-from siamese.arcface import is_embedding_config
-from siamese.embed_train import EmbedTrainer
-from siamese.model import build_model
-from siamese.train import Trainer, build_fold_data
+from siamese.families import family_of
+from siamese.train import build_fold_data
 
 
 def main() -> int:
@@ -53,16 +51,12 @@ def main() -> int:
         raise InputError(folds_path, "not found; run scripts/make_folds.py first")
     train_df, val_df = fold_split(read_folds(folds_path, catalog.train), args.fold, include_singletons=True)
     data = build_fold_data(catalog, train_df, val_df)
-    embedding = is_embedding_config(cfg)  # model.family: arcface (every known whale a class, singletons too)
-    if not embedding and len(data.mining_index) < 2:
-        raise InputError(folds_path, f"fold {args.fold} has fewer than two whales with 2+ training images")
+    family = family_of(cfg)
 
     run_dir = args.work_dir / "runs" / cfg["model"]["name"] / f"fold{args.fold}"
     device = pick_device(cfg["train"].get("device", "auto"))
     shards = from_env(device)  # under torchrun: one process per GPU (or CPU share), DistributedDataParallel
     device = local_device(device)
-    if shards.world > 1 and embedding:
-        raise InputError(None, "the embedding family trains in one process; run it without torchrun")
     if not shards.main:
         os.environ["TQDM_DISABLE"] = "1"  # one set of progress bars, from rank 0
     say = print if shards.main else (lambda *a, **k: None)
@@ -70,8 +64,7 @@ def main() -> int:
     say(f"fold {args.fold}: {len(data.train_paths)} catalog images ({len(data.mining_index)} give pairs), "
         f"{len(data.val_paths)} validation images; device {device}"
         f"{f' x {shards.world} processes' if shards.world > 1 else ''}; writing {run_dir}")
-    trainer = (EmbedTrainer.create(cfg, data, run_dir, device) if embedding
-               else Trainer(build_model(cfg["model"]), cfg, data, run_dir, device, shards=shards))
+    trainer = family.trainer(cfg, data, run_dir, device, shards, source=folds_path)
     if shards.main:
         write_text(yaml.safe_dump(cfg, sort_keys=False), run_dir / "config.yaml")
     start = time.perf_counter()

@@ -22,11 +22,6 @@ from siamese.neck import Neck
 FAMILY = "arcface"
 
 
-def is_embedding_config(cfg: Mapping[str, Any]) -> bool:
-    """True when a run config (``model.family``) asks for the embedding family."""
-    return str(cfg.get("model", {}).get("family", "siamese")) == FAMILY
-
-
 class ArcMarginHead(nn.Module):
     """Additive angular margin logits, ``s * cos(theta + m)`` for the true class and ``s * cos(theta)`` for
     the others; with ``subcenters > 1`` each class keeps several centres and its cosine is their best

@@ -59,3 +59,13 @@ def test_final_ensemble_refuses_a_truncated_score_matrix(catalog_copy, tmp_path)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "test.npz" in lines[0]
     assert not (work / "submission.csv").exists()
+
+
+def test_an_unknown_family_is_one_line(catalog_copy, tmp_path):
+    work = tmp_path / "work"
+    result = run_script("train_fold.py", "0", "--data-dir", str(catalog_copy), "--work-dir", str(work),
+                        "--set", "model.family=triplet")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.family" in lines[0]
+    assert not work.exists()

@@ -22,7 +22,9 @@ from matching.matrix import ScoreMatrix, mask_self, save_matrix, self_pairs
 from matching.runs.run import NEW_WHALE, Run, cached_features
 from matching.similarity.calibration import Logistic, fit_logistic, same_whale
 from matching.similarity.cosine import meta_embedding, similarity
-from siamese.arcface import Embedder, build_embedding_model, classes_in_state, is_embedding_config
+from siamese.arcface import FAMILY as ARCFACE
+from siamese.arcface import Embedder, build_embedding_model, classes_in_state
+from siamese.families import family_name
 
 
 @dataclass
@@ -155,7 +157,7 @@ def score_meta_embeddings(name: str, runs: Sequence[Run], catalog, folds: pd.Dat
     """:func:`score_meta` for every fold with two or more embedding runs; ``[name]`` when any was written."""
     by_fold: dict[int, list[Run]] = {}
     for run in runs:
-        if is_embedding_config(run.config):
+        if family_name(run.config) == ARCFACE:
             by_fold.setdefault(run.fold, []).append(run)
     done = False
     for fold, fold_runs in sorted(by_fold.items()):

@@ -19,7 +19,8 @@ from matching.matrix import ScoreMatrix, average, load_matrix, mask_self, save_m
 from matching.runs.embedding import score_embed_run
 from matching.runs.run import NEW_WHALE, Run, cached_features
 from matching.similarity.pair_head import score_matrix
-from siamese.arcface import is_embedding_config
+from siamese.arcface import FAMILY as ARCFACE
+from siamese.families import family_name
 from siamese.model import SiameseModel, build_model
 
 
@@ -38,7 +39,7 @@ def score_run(run: Run, catalog, val_names: Sequence[str] | None, out_dir: Path,
     branch features are cached in ``feat_dir``. With several ``shards`` (torchrun) each process scores its
     query rows and rank 0 assembles the same files. Embedding runs (``model.family: arcface``) are scored by
     cosine instead (:func:`matching.runs.embedding.score_embed_run`)."""
-    if is_embedding_config(run.config):
+    if family_name(run.config) == ARCFACE:
         return score_embed_run(run, catalog, val_names, out_dir, feat_dir, device=device, budget_mb=budget_mb,
                                batch=batch, workers=workers, shards=shards)
     model = load_run_model(run, device)
