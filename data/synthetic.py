@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from data.catalog import NEW_WHALE
 from data.errors import InputError
 from data.io import staged_dir
 from data.synth_fluke import make_fluke
 from data.synth_photo import encode_jpeg, render_photo
 
-NEW_WHALE = "new_whale"
 _STREAM_PLAN, _STREAM_LOOK, _STREAM_PHOTO = 0, 1, 2
 _TAIL_SIGMA = 1.2  # log-normal spread of photos per whale, fitted to the 2019 Kaggle catalog
 # Test photos of known whales are drawn with weight (train count) ** _TEST_POWER: well-photographed

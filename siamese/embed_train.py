@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from data.catalog import NEW_WHALE
 from data.datasets import ImageDataset, make_loader
 from data.device import autocast
 from data.errors import InputError
@@ -49,7 +50,7 @@ def class_items(labels: np.ndarray, mirror: bool) -> tuple[np.ndarray, np.ndarra
     With ``mirror`` every photo appears twice: as itself, and mirrored under the new class ``<Id>__mirror``
     (a mirrored fluke is another individual; these classes are ignored at test time)."""
     labels = np.asarray(labels, dtype=str)
-    if (labels == "new_whale").any():
+    if (labels == NEW_WHALE).any():
         raise ValueError("new_whale is not a class")
     names, cls = np.unique(labels, return_inverse=True)
     index = np.arange(len(labels))

@@ -16,7 +16,8 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching
 from tqdm.auto import tqdm
 
-NEW_WHALE = "new_whale"
+from data.catalog import NEW_WHALE
+
 RANDOM_CANDIDATES = 32  # candidates per row for random negatives (scores=None)
 _BLOCK_ENTRIES = 1 << 22  # matrix entries handled at once (rows per block = this // N)
 _MIX1, _MIX2, _ODD = np.uint32(0x7FEB352D), np.uint32(0x846CA68B), np.uint32(0x9E3779B9)

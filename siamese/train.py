@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
+from data.catalog import NEW_WHALE
 from data.checkpoint import load_checkpoint, save_checkpoint
 from data.datasets import ImageDataset, PairDataset, make_loader
 from data.device import autocast, needs_grad_scaler
@@ -29,8 +30,6 @@ from siamese.infer import compute_features
 from siamese.model import SiameseModel
 from siamese.pairs import NegativeMiner, positive_pairs
 from siamese.schedule import Block, Position, Stage, global_epoch, parse_schedule
-
-NEW_WHALE = "new_whale"
 
 
 @dataclass

@@ -6,14 +6,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from data.catalog import NEW_WHALE
 from data.errors import InputError
 from matching.matrix import ScoreMatrix, align, blend, load_matrix, save_matrix
 from matching.metrics import map_at_5
 from matching.ranking.blend_weights import MAX_MODELS, tune_weights
 from matching.ranking.postprocess import ColumnPass, apply_column_pass, column_pass_effect
 from matching.ranking.rank import DEFAULT_NEW_WHALE_SHARE, rank_queries, threshold_for_new_whale_share, tune_threshold
-
-NEW_WHALE = "new_whale"
 
 
 @dataclass

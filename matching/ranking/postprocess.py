@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data.catalog import NEW_WHALE
 from matching.metrics import average_precision_at_5, map_at_5
 
 
@@ -32,11 +33,11 @@ class ColumnPass:
     margin: float | None = None
     crowd_rank2: int | None = 3
     crowd_score: float = 0.6
-    new_whale: str = "new_whale"
+    new_whale: str = NEW_WHALE
 
 
 def column_votes(
-    scores: np.ndarray, gallery_labels: Sequence[str], min_score: float, new_whale: str = "new_whale"
+    scores: np.ndarray, gallery_labels: Sequence[str], min_score: float, new_whale: str = NEW_WHALE
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per query: the whale voted by the catalog images whose best query it is ("" if none) and its score."""
     scores = np.asarray(scores)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from data.catalog import NEW_WHALE
+
 MODES = ("sum", "max")
 TOP_K = 5
 _CHUNK_ELEMENTS = 1 << 23  # 8M float32 (32 MB) of scores reduced at a time
@@ -37,7 +39,7 @@ class WhaleGroups:
     column_whale: np.ndarray  # [G] int64
 
     @classmethod
-    def from_labels(cls, gallery_labels: Sequence[str], new_whale: str = "new_whale") -> WhaleGroups:
+    def from_labels(cls, gallery_labels: Sequence[str], new_whale: str = NEW_WHALE) -> WhaleGroups:
         labels = np.asarray(gallery_labels, dtype=str)
         whales, inverse = np.unique(labels, return_inverse=True)
         is_new = whales == new_whale
@@ -145,7 +147,7 @@ def rank_queries(
     threshold: float | None,
     *,
     mode: str = "sum",
-    new_whale: str = "new_whale",
+    new_whale: str = NEW_WHALE,
 ) -> list[list[str]]:
     """Five distinct labels per query (fewer only when the gallery has fewer than five whales)."""
     scores = _check(scores, gallery_labels, mode)
@@ -202,7 +204,7 @@ def tune_threshold(
     *,
     mode: str = "sum",
     candidates: np.ndarray | None = None,
-    new_whale: str = "new_whale",
+    new_whale: str = NEW_WHALE,
 ) -> tuple[float, float]:
     """The candidate threshold with the highest MAP@5 against ``truth`` (lowest on ties), and that MAP@5.
 
@@ -245,7 +247,7 @@ def threshold_for_new_whale_share(
     share: float,
     *,
     mode: str = "sum",
-    new_whale: str = "new_whale",
+    new_whale: str = NEW_WHALE,
 ) -> float:
     """A threshold that puts ``new_whale`` first for ``round(share * Q)`` queries (more if scores tie).
 

@@ -23,8 +23,6 @@ from siamese.infer import compute_features
 from siamese.model import SiameseModel
 from siamese.schedule import parse_schedule
 
-NEW_WHALE = "new_whale"
-
 
 @dataclass(frozen=True)
 class Run:

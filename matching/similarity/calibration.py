@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data.catalog import NEW_WHALE
 from data.errors import InputError
 
 
@@ -66,4 +67,4 @@ def same_whale(query_labels: Sequence[str], gallery_labels: Sequence[str]) -> np
     """``[Q, G]`` bool: the pair shows one known whale (``new_whale`` matches nothing)."""
     q = np.asarray(query_labels, dtype=str)[:, None]
     g = np.asarray(gallery_labels, dtype=str)[None, :]
-    return (q == g) & (q != "new_whale")
+    return (q == g) & (q != NEW_WHALE)
