@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+TOP_K = 5
+
+
+def truth_rank(truth: str, predicted: Sequence[str]) -> int:
+    """1-based rank of the first occurrence of ``truth`` among the first five labels, 0 when it is not there."""
+    for rank, label in enumerate(list(predicted)[:TOP_K], start=1):
+        if label == truth:
+            return rank
+    return 0
+
 
 def average_precision_at_5(truth: str, predicted: Sequence[str]) -> float:
     """1/rank of the first correct label among the first five, 0 when absent (one truth label)."""
-    for rank, label in enumerate(list(predicted)[:5], start=1):
-        if label == truth:
-            return 1.0 / rank
-    return 0.0
+    rank = truth_rank(truth, predicted)
+    return 1.0 / rank if rank else 0.0
 
 
 def map_at_5(truth: Sequence[str], predicted: Sequence[Sequence[str]]) -> float:

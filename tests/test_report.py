@@ -20,6 +20,7 @@ from data.errors import InputError
 from data.io import write_csv
 from matching.evaluation.submission import read_truth, write_submission
 from matching.matrix import ScoreMatrix, blend, save_matrix
+from matching.metrics import truth_rank
 from matching.ranking.ensemble import run_ensemble, save_blends
 from matching.ranking.rank import rank_queries, threshold_for_new_whale_share
 from matching.review.build import build_report
@@ -32,7 +33,6 @@ from matching.review.report import (
     page_data,
     representative,
     score_histogram,
-    truth_rank,
     whale_columns,
 )
 
@@ -60,7 +60,7 @@ def test_marks_and_truth_rank():
     assert marks(labels, "w_b") == [False, False, True, False, False]
     assert marks(labels, NEW_WHALE) == [False, True, False, False, False]
     assert marks(labels, None) == [None] * 5
-    assert truth_rank(labels, "w_b") == 3 and truth_rank(labels, "w_x") == 0 and truth_rank(labels, "w_a") == 1
+    assert truth_rank("w_b", labels) == 3 and truth_rank("w_x", labels) == 0 and truth_rank("w_a", labels) == 1
 
 
 def test_rows_carry_candidate_photos_scores_marks_and_confidence():

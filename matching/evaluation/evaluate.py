@@ -14,7 +14,7 @@ from pathlib import Path
 
 from data.catalog import NEW_WHALE
 from matching.evaluation.submission import TOP_K, read_predictions
-from matching.metrics import average_precision_at_5, map_at_5
+from matching.metrics import average_precision_at_5, map_at_5, truth_rank
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -91,14 +91,6 @@ class Evaluation:
         ]
 
 
-def _rank(truth: str, labels: Sequence[str]) -> int | None:
-    """1-based rank of the first occurrence of ``truth`` among the first five labels, else None."""
-    for rank, label in enumerate(list(labels)[:TOP_K], start=1):
-        if label == truth:
-            return rank
-    return None
-
-
 def evaluate(truth: Mapping[str, str], predicted: Mapping[str, Sequence[str]]) -> Evaluation:
     """Score ``predicted`` (image -> labels in rank order) against ``truth`` (image -> true Id).
 
@@ -115,7 +107,7 @@ def evaluate(truth: Mapping[str, str], predicted: Mapping[str, Sequence[str]]) -
     top1 = truth_new = predicted_new = hits = 0
     for name, label in truth.items():
         labels = predicted[name]
-        rank = _rank(label, labels)
+        rank = truth_rank(label, labels) or None
         if rank is not None:
             found[rank - 1] += 1
         top1 += rank == 1

@@ -50,6 +50,12 @@ class WhaleGroups:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def columns(self) -> dict[str, np.ndarray]:
+        """Whale label -> its gallery columns, in column order (``new_whale`` columns belong to none)."""
+        order = np.argsort(self.column_whale, kind="stable")
+        starts = np.searchsorted(self.column_whale[order], np.arange(len(self.labels) + 1))
+        return {str(w): order[starts[i]:starts[i + 1]] for i, w in enumerate(self.labels)}
+
 
 def _check(scores: np.ndarray, gallery_labels: Sequence[str], mode: str) -> np.ndarray:
     scores = np.asarray(scores)

@@ -23,7 +23,9 @@ import numpy as np
 from data.catalog import NEW_WHALE
 from data.errors import InputError
 from matching.matrix import ScoreMatrix, align, blend, load_matrix
+from matching.metrics import truth_rank
 from matching.ranking.ensemble import choose_weights, find_models
+from matching.ranking.rank import WhaleGroups
 
 HIST_BINS = 50
 
@@ -56,7 +58,7 @@ class QueryRow:
     @property
     def truth_rank(self) -> int | None:
         """1-based rank of the truth among the labels, 0 when absent, None when the truth is unknown."""
-        return None if self.truth is None else truth_rank([c.label for c in self.candidates], self.truth)
+        return None if self.truth is None else truth_rank(self.truth, [c.label for c in self.candidates])
 
 
 @dataclass
@@ -67,14 +69,6 @@ class Blend:
     notes: list[str] = field(default_factory=list)
 
 
-def truth_rank(labels: Sequence[str], truth: str) -> int:
-    """1-based position of ``truth`` in ``labels`` (first five), 0 when it is not there."""
-    for rank, label in enumerate(list(labels)[:5], start=1):
-        if label == truth:
-            return rank
-    return 0
-
-
 def marks(labels: Sequence[str], truth: str | None) -> list[bool | None]:
     """Per label: True where it is the truth, False where it is not, None for every label when truth is unknown."""
     return [None if truth is None else label == truth for label in labels]
@@ -82,11 +76,7 @@ def marks(labels: Sequence[str], truth: str | None) -> list[bool | None]:
 
 def whale_columns(gallery_labels: Sequence[str]) -> dict[str, np.ndarray]:
     """Whale label -> its gallery columns (``new_whale`` photos identify no whale and are left out)."""
-    labels = np.asarray(gallery_labels, dtype=str)
-    order = np.argsort(labels, kind="stable")
-    uniq, starts = np.unique(labels[order], return_index=True)
-    bounds = list(starts[1:]) + [len(order)]
-    return {str(u): order[s:e] for u, s, e in zip(uniq, starts, bounds) if u != NEW_WHALE}
+    return WhaleGroups.from_labels(gallery_labels).columns()
 
 
 def representative(row: np.ndarray, columns: Mapping[str, np.ndarray], label: str) -> tuple[int, float] | None:
