@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.synthetic import NEW_WHALE, SynthConfig, write_catalog
+from data.catalog import NEW_WHALE
+from data.synthetic import SynthConfig, write_catalog
 from matching.evaluation.baseline import cosine_map5, pixel_vectors, raw_pixel_baseline
 
 REPO = Path(__file__).resolve().parents[1]

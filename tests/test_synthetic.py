@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 
 import data.synthetic as synthetic
+from data.catalog import NEW_WHALE
 from data.errors import InputError
 from data.synth_fluke import make_fluke
 from data.synth_photo import render_photo
-from data.synthetic import NEW_WHALE, SynthConfig, long_tail_counts, plan_catalog, write_catalog
+from data.synthetic import SynthConfig, long_tail_counts, plan_catalog, write_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = SynthConfig(individuals=5, mean_photos=2.0, max_photos=4, test_photos=8, width=160, height=100)

@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from data.catalog import NEW_WHALE
 from data.checkpoint import load_checkpoint
 from data.distributed import SINGLE, Shards
 from data.errors import InputError
 from data.io import load_npz, write_csv
 from matching.matrix import ScoreMatrix, mask_self, save_matrix, self_pairs
-from matching.runs.run import NEW_WHALE, Run, cached_features
+from matching.runs.run import Run, cached_features
 from matching.similarity.calibration import Logistic, fit_logistic, same_whale
 from matching.similarity.cosine import meta_embedding, similarity
 from siamese.arcface import FAMILY as ARCFACE

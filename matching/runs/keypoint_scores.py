@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.catalog import NEW_WHALE
 from data.distributed import SINGLE, Shards, stack_npz_rows
 from data.io import load_npz, save_npz, write_csv
 from matching.matrix import ScoreMatrix, mask_self, save_matrix, self_pairs
-from matching.runs.run import NEW_WHALE
 from matching.similarity.calibration import Logistic, fit_logistic, same_whale
 from matching.similarity.keypoints import Keypoints, KeypointSettings, cached_keypoints, inlier_matrix
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.catalog import NEW_WHALE
 from data.checkpoint import load_checkpoint
 from data.distributed import SINGLE, Shards
 from matching.matrix import ScoreMatrix, average, load_matrix, mask_self, save_matrix, stack_rows
 from matching.runs.embedding import score_embed_run
-from matching.runs.run import NEW_WHALE, Run, cached_features
+from matching.runs.run import Run, cached_features
 from matching.similarity.pair_head import score_matrix
 from siamese.arcface import FAMILY as ARCFACE
 from siamese.families import family_name
