@@ -208,16 +208,21 @@ def _boxes_frame(boxes: dict, keep: set[str], renamed: dict[str, str]) -> pd.Dat
     return df.sort_values("Image", kind="stable")
 
 
+def _split(split, train: pd.DataFrame, cfg, data_dir: Path):
+    """``split(train, cfg)``; a catalog it cannot split is an InputError naming its ``train.csv``."""
+    try:
+        return split(train, cfg)
+    except ValueError as err:
+        raise InputError(data_dir / "train.csv", str(err)) from None
+
+
 def write_protocol(data_dir: str | Path, out: str | Path, cfg: ProtocolConfig, *, link: str = "auto",
                    force: bool = False) -> ProtocolSummary:
     """Split the catalog of ``data_dir`` and write the protocol folder ``out`` (see the module docstring)."""
     cfg.check()
     data_dir, out = Path(data_dir), Path(out)
     train, boxes = _read_source(data_dir, out, link, force)
-    try:
-        split = split_catalog(train, cfg)
-    except ValueError as err:
-        raise InputError(data_dir / "train.csv", str(err)) from None
+    split = _split(split_catalog, train, cfg, data_dir)
 
     links = dict.fromkeys(("hardlink", "symlink", "copy"), 0)
     with staged_dir(out) as tmp:
@@ -473,10 +478,7 @@ def write_one_shot(data_dir: str | Path, out: str | Path, cfg: OneShotConfig, *,
     cfg.check()
     data_dir, out = Path(data_dir), Path(out)
     train, boxes = _read_source(data_dir, out, link, force)
-    try:
-        split = one_shot_split(train, cfg)
-    except ValueError as err:
-        raise InputError(data_dir / "train.csv", str(err)) from None
+    split = _split(one_shot_split, train, cfg, data_dir)
     links = dict.fromkeys(("hardlink", "symlink", "copy"), 0)
     with staged_dir(out) as tmp:
         (tmp / "catalog" / "train").mkdir(parents=True)
