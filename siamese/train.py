@@ -125,7 +125,8 @@ class Trainer:
         was_training = neck.training
         neck.eval()
         x = torch.as_tensor(trunk).to(self.device)
-        out = torch.cat([neck(x[i:i + 4096]) for i in range(0, len(x), 4096)]) if len(x) else x[:, :neck.out_dim]
+        out = (torch.cat([neck(x[i:i + 4096]) for i in range(0, len(x), 4096)]) if len(x)
+               else x.new_zeros((0, neck.out_dim)))
         neck.train(was_training)
         return out.float().cpu().numpy()
 
