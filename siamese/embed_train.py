@@ -123,9 +123,6 @@ class EmbedTrainer(Trainer):
         scoring = str(cfg.get("score", {}).get("scoring", "image"))
         if scoring not in SCORINGS:
             raise InputError(None, f"score.scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}")
-        self.frozen_views = int(self.tcfg.get("frozen_views", 0))
-        if self.frozen_views < 0:
-            raise InputError(None, f"train.frozen_views must be >= 0, not {self.frozen_views}")
 
     @classmethod
     def create(cls, cfg: dict, data: FoldData, run_dir: Path, device: torch.device,

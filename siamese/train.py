@@ -162,10 +162,11 @@ class Trainer:
                             budget_mb=float(self.tcfg.get("score_budget_mb", 256)), progress=self.shards.main)
         return self.shards.gather_rows(part)
 
-    def _mining_features(self, size: int) -> np.ndarray:
+    def _mining_features(self, size: int, view: int = 0) -> np.ndarray:
+        """Trunk features of the mining images: the test-time crop, or random training view ``view``."""
         d = self.data
-        return self._features([d.train_paths[i] for i in self.mine_idx],
-                              [d.train_boxes[i] for i in self.mine_idx], size, "mining features")
+        return self._features([d.train_paths[i] for i in self.mine_idx], [d.train_boxes[i] for i in self.mine_idx],
+                              size, "mining features" if view == 0 else f"mining features, view {view}", view)
 
     def validate(self, size: int) -> tuple[float, float]:
         """Validation MAP@5 of the fold (threshold tuned for ``new_whale``) and that threshold."""
@@ -333,11 +334,7 @@ class Trainer:
     def _frozen_features(self, size: int) -> torch.Tensor:
         """Trunk features of the mining images for a frozen block, ``[1 + frozen_views, N, D]``: the test-time crop,
         then ``train.frozen_views`` random training views."""
-        d = self.data
-        paths = [d.train_paths[i] for i in self.mine_idx]
-        boxes = [d.train_boxes[i] for i in self.mine_idx]
-        views = [self._features(paths, boxes, size, "mining features" if v == 0 else f"mining features, view {v}", v)
-                 for v in range(self.frozen_views + 1)]
+        views = [self._mining_features(size, v) for v in range(self.frozen_views + 1)]
         return torch.from_numpy(np.stack(views)).to(self.device)
 
     # ---- checkpoints --------------------------------------------------------------------

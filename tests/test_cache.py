@@ -58,7 +58,8 @@ def test_branch_features_are_recomputed_after_new_boxes_or_a_broken_cache(tiny_c
     cache = tmp_path / "features" / "catalog.npz"
 
     def features(boxes):
-        return pipeline.cached_features(model, run, names, paths, boxes, cache, torch.device("cpu"), workers=0)
+        return pipeline.cached_features(model.encoder(), run, names, paths, boxes, cache, torch.device("cpu"),
+                                        workers=0)
 
     whole = features([None] * 4)
     assert len(calls) == 1

@@ -28,13 +28,6 @@ from siamese.arcface import Embedder, build_embedding_model, classes_in_state
 from siamese.families import family_name
 
 
-@dataclass
-class _BranchOf:
-    """What :func:`matching.runs.run.cached_features` needs of a model: ``branch``, here images -> embeddings."""
-
-    branch: Embedder
-
-
 def load_embedder(run: Run, device: torch.device) -> Embedder:
     """Branch and neck of the run's best weights (the margin head's size read from the checkpoint)."""
     state = load_checkpoint(run.checkpoint, device)["model"]
@@ -100,13 +93,13 @@ def score_embed_run(run: Run, catalog, val_names: Sequence[str] | None, out_dir:
                     shards: Shards = SINGLE) -> list[Path]:
     """The embedding family's :func:`matching.runs.pipeline.score_run`: embeddings cached in ``feat_dir`` (shared out
     over ``shards``), matrices computed and written by rank 0."""
-    holder = _BranchOf(load_embedder(run, device))
+    embedder = load_embedder(run, device)
     known_df = catalog.train[catalog.train["Id"] != NEW_WHALE]
     known, labels = known_df["Image"].tolist(), known_df["Id"].tolist()
     truth = dict(zip(catalog.train["Image"], catalog.train["Id"]))
 
     def embed(names, path_of, part):
-        return cached_features(holder, run, names, [path_of(n) for n in names], [catalog.box(n) for n in names],
+        return cached_features(embedder, run, names, [path_of(n) for n in names], [catalog.box(n) for n in names],
                                feat_dir / f"{part}.npz", device, batch, workers, shards)
 
     s = EmbedSet(embed(known, catalog.train_path, "catalog"), known, labels,

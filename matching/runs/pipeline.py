@@ -45,7 +45,8 @@ def score_run(run: Run, catalog, val_names: Sequence[str] | None, out_dir: Path,
                                batch=batch, workers=workers, shards=shards)
     model = load_run_model(run, device)
     known = catalog.train[catalog.train["Id"] != NEW_WHALE]["Image"].tolist()
-    gallery = cached_features(model, run, known, [catalog.train_path(n) for n in known],
+    encoder = model.encoder()
+    gallery = cached_features(encoder, run, known, [catalog.train_path(n) for n in known],
                               [catalog.box(n) for n in known], feat_dir / "catalog.npz", device, batch, workers,
                               shards)
     written = []
@@ -55,7 +56,7 @@ def score_run(run: Run, catalog, val_names: Sequence[str] | None, out_dir: Path,
     for part, names, path_of in parts:
         if not names:
             continue
-        query = cached_features(model, run, names, [path_of(n) for n in names], [catalog.box(n) for n in names],
+        query = cached_features(encoder, run, names, [path_of(n) for n in names], [catalog.box(n) for n in names],
                                 feat_dir / f"{part}.npz", device, batch, workers, shards)
         rows = shards.rows(len(names))
 

@@ -20,7 +20,6 @@ from data.errors import InputError
 from data.images import TEST_MARGIN
 from data.io import load_npz, save_npz
 from siamese.infer import compute_features
-from siamese.model import SiameseModel
 from siamese.schedule import parse_schedule
 
 
@@ -52,10 +51,11 @@ def discover_runs(runs_dir: Path, models: Sequence[str] | None = None) -> list[R
     return found
 
 
-def cached_features(model: SiameseModel, run: Run, names: Sequence[str], paths: Sequence[Path],
+def cached_features(encoder: torch.nn.Module, run: Run, names: Sequence[str], paths: Sequence[Path],
                     boxes: Sequence, cache: Path, device: torch.device, batch: int = 64,
                     workers: int | None = None, shards: Shards = SINGLE) -> np.ndarray:
-    """Branch (and neck) features of ``paths``, reused from ``cache`` (``.npz``: features, names, key) while its key
+    """``encoder``'s features of ``paths`` (images -> the vectors a family scores: branch and neck of a Siamese
+    model, the embedder of an embedding model), reused from ``cache`` (``.npz``: features, names, key) while its key
     holds: the checkpoint, the size, the crop margin, ``score.tta`` and every photo file and box
     (:mod:`data.cache`).
 
@@ -72,7 +72,6 @@ def cached_features(model: SiameseModel, run: Run, names: Sequence[str], paths: 
     rows = shards.rows(len(names))
 
     def write_part(path: Path) -> None:
-        encoder = model.encoder() if hasattr(model, "encoder") else model.branch
         feats = compute_features(encoder, list(paths)[rows], list(boxes)[rows], run.size,
                                  channels=int(mcfg.get("in_chans", 3)), batch=batch, device=device,
                                  workers=workers,
