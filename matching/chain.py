@@ -150,7 +150,7 @@ def build_steps(config: Path, cfg: Mapping, data: Path, work: Path) -> list[Step
 
 
 def _run_complete(run_dir: Path) -> bool:
-    from siamese.train import run_complete
+    from siamese.trainer import run_complete
 
     return run_complete(run_dir)
 

@@ -29,7 +29,7 @@ from data.errors import InputError
 from data.folds import fold_split
 from data.io import write_text
 from siamese.families import family_of
-from siamese.train import build_fold_data
+from siamese.trainer import build_fold_data
 
 
 def main() -> int:
@@ -64,7 +64,7 @@ def main() -> int:
     say(f"fold {args.fold}: {len(data.train_paths)} catalog images ({len(data.mining_index)} give pairs), "
         f"{len(data.val_paths)} validation images; device {device}"
         f"{f' x {shards.world} processes' if shards.world > 1 else ''}; writing {run_dir}")
-    trainer = family.trainer(cfg, data, run_dir, device, shards, source=folds_path)
+    trainer = family.trainer(cfg, data, run_dir, device, shards=shards, source=folds_path)
     if shards.main:
         write_text(yaml.safe_dump(cfg, sort_keys=False), run_dir / "config.yaml")
     start = time.perf_counter()

@@ -17,6 +17,7 @@ from torch import nn
 
 from data.errors import InputError
 from siamese.branch import Branch, branch_shape, create_branch
+from siamese.model import model_section
 from siamese.neck import Neck
 
 FAMILY = "arcface"
@@ -123,22 +124,18 @@ class EmbeddingModel(nn.Module):
 
 
 def build_embedding_model(cfg: Mapping[str, Any], classes: int) -> EmbeddingModel:
-    """A model from the ``model`` section: ``branch``, ``in_chans`` (3), ``pool`` (gem; ``grid`` with ``grid`` cells
-    a side), ``branch_blocks`` (all), ``pretrained``, ``weights``, ``embedding_dim`` (512), ``neck_dropout`` (0),
-    ``arc_s`` (30), ``arc_m`` (0.5), ``easy_margin`` (false), ``subcenters`` (1); ``classes`` comes from the fold
-    (mirrored classes included)."""
-    if not cfg.get("branch"):
-        raise InputError(None, "the model config needs a 'branch' (a timm model name or 'kernel')")
-    weights = cfg.get("weights")
-    branch = create_branch(str(cfg["branch"]), in_chans=int(cfg.get("in_chans", 3)),
-                           pool=str(cfg.get("pool", "gem")), pretrained=bool(cfg.get("pretrained", False)),
-                           weights=None if weights in (None, "") else weights, **branch_shape(cfg))
-    neck = Neck(branch.out_dim, int(cfg.get("embedding_dim", 512)), float(cfg.get("neck_dropout", 0.0)))
-    margin = ArcMarginHead(neck.out_dim, classes, s=float(cfg.get("arc_s", 30.0)), m=float(cfg.get("arc_m", 0.5)),
-                           easy_margin=bool(cfg.get("easy_margin", False)), subcenters=int(cfg.get("subcenters", 1)))
+    """A model from the ``model`` section (:class:`data.settings.Model`): the branch, the neck (``embedding_dim``,
+    ``neck_dropout``) and the margin head (``arc_s``, ``arc_m``, ``easy_margin``, ``subcenters``); ``classes``
+    comes from the fold (mirrored classes included)."""
+    cfg = model_section(cfg)
+    branch = create_branch(cfg["branch"], in_chans=cfg["in_chans"], pool=cfg["pool"], pretrained=cfg["pretrained"],
+                           weights=cfg["weights"] or None, **branch_shape(cfg))
+    neck = Neck(branch.out_dim, cfg["embedding_dim"], cfg["neck_dropout"])
+    margin = ArcMarginHead(neck.out_dim, classes, s=cfg["arc_s"], m=cfg["arc_m"], easy_margin=cfg["easy_margin"],
+                           subcenters=cfg["subcenters"])
     return EmbeddingModel(branch, neck, margin)
 
 
 def classes_in_state(state: Mapping[str, torch.Tensor], cfg: Mapping[str, Any]) -> int:
     """The number of classes a saved model was trained on (rows of its margin weight / sub-centres)."""
-    return int(state["margin.weight"].shape[0]) // int(cfg.get("subcenters", 1))
+    return int(state["margin.weight"].shape[0]) // model_section(cfg)["subcenters"]

@@ -136,10 +136,8 @@ def _input_adapter(in_chans: int, mean: tuple[float, ...] | None,
 
 
 def branch_shape(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """``blocks`` and ``grid`` for :func:`create_branch` from a ``model`` section."""
-    blocks = cfg.get("branch_blocks")
-    return {"blocks": None if blocks in (None, "") else int(blocks), "grid": int(cfg.get("grid", 4)),
-            "kernel_depth": int(cfg.get("kernel_depth", 4))}
+    """``blocks``, ``grid`` and ``kernel_depth`` for :func:`create_branch` from a completed ``model`` section."""
+    return {"blocks": cfg["branch_blocks"], "grid": cfg["grid"], "kernel_depth": cfg["kernel_depth"]}
 
 
 def create_branch(name: str, *, in_chans: int = 3, pool: str = "max", pretrained: bool = False,

@@ -1,10 +1,13 @@
 """The trained families behind one interface, chosen by ``model.family`` (one registry, read by
 ``scripts/train_fold.py`` and by the scoring of trained runs in :mod:`matching.runs`).
 
+A family is a model builder and a training objective; the fold loop around the objective is one
+(:class:`siamese.trainer.FoldTrainer`) for every family.
+
 - ``siamese`` (the default): branch (+ optional neck) and the pair head, trained on lap-mined pairs with BCE
-  (:class:`siamese.train.Trainer`); scored by the head over every query x catalog pair.
+  (:class:`siamese.objectives.pairs.PairObjective`); scored by the head over every query x catalog pair.
 - ``arcface``: branch, neck and an angular-margin classifier over the fold's whales
-  (:class:`siamese.embed_train.EmbedTrainer`); scored by the cosine of the neck's embeddings, calibrated.
+  (:class:`siamese.objectives.margin.MarginObjective`); scored by the cosine of the neck's embeddings, calibrated.
 """
 
 from __future__ import annotations
@@ -18,50 +21,51 @@ import torch
 
 from data.distributed import SINGLE, Shards
 from data.errors import InputError
+from data.settings import Settings, check
 from siamese.arcface import FAMILY as ARCFACE
-from siamese.embed_train import EmbedTrainer
+from siamese.arcface import build_embedding_model
 from siamese.model import build_model
-from siamese.train import FoldData, Trainer
+from siamese.objectives import Objective
+from siamese.objectives.margin import MarginObjective, fold_classes
+from siamese.objectives.pairs import PairObjective
+from siamese.trainer import FoldData, FoldTrainer
 
 SIAMESE = "siamese"
+
+Source = str | Path | None
 
 
 @dataclass(frozen=True)
 class Family:
-    """What the scripts need to know of a family: how to build its trainer for a fold, and its limits."""
+    """A family: its model for a fold (``model(cfg, data, source)``) and its objective class."""
 
     name: str
-    build: Callable[[dict, FoldData, Path, torch.device, Shards], Trainer]
-    mines_pairs: bool  # trains on pairs of whales with 2+ photos (the fold needs two such whales)
-    multi_process: bool  # trains under torchrun
+    model: Callable[[dict, FoldData, Source], torch.nn.Module]
+    objective: type[Objective]
 
-    def trainer(self, cfg: dict, data: FoldData, run_dir: Path, device: torch.device,
-                shards: Shards = SINGLE, source: str | Path | None = None) -> Trainer:
-        """The fold trainer of a config of this family; a fold or launch it cannot train is an InputError."""
-        if self.mines_pairs and len(data.mining_index) < 2:
-            raise InputError(source, "the fold has fewer than two whales with 2+ training images")
-        if shards.world > 1 and not self.multi_process:
-            raise InputError(None, f"the {self.name} family trains in one process; run it without torchrun")
-        return self.build(cfg, data, run_dir, device, shards)
-
-
-def _siamese(cfg: dict, data: FoldData, run_dir: Path, device: torch.device, shards: Shards) -> Trainer:
-    return Trainer(build_model(cfg["model"]), cfg, data, run_dir, device, shards=shards)
+    def trainer(self, cfg: dict, data: FoldData, run_dir: Path, device: torch.device, *,
+                shards: Shards = SINGLE, source: Source = None, log: Callable[[str], None] = print) -> FoldTrainer:
+        """The fold trainer of a config of this family; a fold or launch it cannot train is an InputError
+        naming ``source`` (the folds file)."""
+        cfg = check(cfg, Settings)
+        objective = self.objective(data, cfg, source)  # checks the fold before a model is built
+        return FoldTrainer(self.model(cfg, data, source), objective, cfg, data, run_dir, device, log=log,
+                           shards=shards)
 
 
-def _arcface(cfg: dict, data: FoldData, run_dir: Path, device: torch.device, shards: Shards) -> Trainer:
-    return EmbedTrainer.create(cfg, data, run_dir, device)
+def _arcface_model(cfg: dict, data: FoldData, source: Source) -> torch.nn.Module:
+    return build_embedding_model(cfg["model"], len(fold_classes(data, cfg, source)))
 
 
 FAMILIES: dict[str, Family] = {
-    SIAMESE: Family(SIAMESE, _siamese, mines_pairs=True, multi_process=True),
-    ARCFACE: Family(ARCFACE, _arcface, mines_pairs=False, multi_process=False),
+    SIAMESE: Family(SIAMESE, lambda cfg, data, source: build_model(cfg["model"]), PairObjective),
+    ARCFACE: Family(ARCFACE, _arcface_model, MarginObjective),
 }
 
 
 def family_name(cfg: Mapping[str, Any]) -> str:
     """``model.family`` of a (run) config; ``siamese`` when unset; an unknown name is an InputError."""
-    name = str((cfg.get("model") or {}).get("family", SIAMESE) or SIAMESE)
+    name = str((cfg.get("model") or {}).get("family") or SIAMESE)
     if name not in FAMILIES:
         raise InputError(None, f"model.family must be one of {', '.join(FAMILIES)}, not {name!r}")
     return name

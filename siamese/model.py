@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from data.errors import InputError
+from data.settings import Model, check
 from siamese.branch import Branch, branch_shape, create_branch
-from siamese.head import HEAD_INITS, PairHead
+from siamese.head import PairHead
 from siamese.neck import Neck, neck_settings
 
 
@@ -62,21 +63,20 @@ class SiameseModel(nn.Module):
 
 
 def build_model(cfg: Mapping[str, Any]) -> SiameseModel:
-    """A model from a config section: ``branch`` (required), ``in_chans`` (3), ``pool`` (max),
-    ``pretrained`` (false), ``weights`` (null), ``normalize`` (false), ``head_hidden`` (32), ``head_init``
-    (mean or cosine), ``neck`` (null, or ``{dim, dropout}``: a trainable neck before the head); other keys are
-    ignored."""
-    if not cfg.get("branch"):
-        raise InputError(None, "the model config needs a 'branch' (a timm model name or 'kernel')")
-    weights = cfg.get("weights")
-    branch = create_branch(str(cfg["branch"]), in_chans=int(cfg.get("in_chans", 3)),
-                           pool=str(cfg.get("pool", "max")), pretrained=bool(cfg.get("pretrained", False)),
-                           weights=None if weights in (None, "") else weights,
-                           normalize=bool(cfg.get("normalize", False)), **branch_shape(cfg))
-    init = str(cfg.get("head_init", "mean"))
-    if init not in HEAD_INITS:
-        raise InputError(None, f"model.head_init must be one of {', '.join(HEAD_INITS)}, not {init!r}")
+    """A model from a ``model`` section (the keys of :class:`data.settings.Model`, defaults filled in there):
+    the branch, an optional neck (``neck: {dim, dropout}``) and the pair head (``head_hidden``, ``head_init``)."""
+    cfg = model_section(cfg)
+    branch = create_branch(cfg["branch"], in_chans=cfg["in_chans"], pool=cfg["pool"], pretrained=cfg["pretrained"],
+                           weights=cfg["weights"] or None, normalize=cfg["normalize"], **branch_shape(cfg))
     settings = neck_settings(cfg)
     neck = None if settings is None else Neck(branch.out_dim, *settings)
     dim = branch.out_dim if neck is None else neck.out_dim
-    return SiameseModel(branch, PairHead(dim, hidden=int(cfg.get("head_hidden", 32)), init=init), neck)
+    return SiameseModel(branch, PairHead(dim, hidden=cfg["head_hidden"], init=cfg["head_init"]), neck)
+
+
+def model_section(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``model`` section validated and completed with the schema's defaults (a partial one from a test or a
+    caller is fine); no branch is an InputError."""
+    if not cfg.get("branch"):
+        raise InputError(None, "the model config needs a 'branch' (a timm model name or 'kernel')")
+    return check(dict(cfg), Model, path="model")

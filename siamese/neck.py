@@ -36,10 +36,6 @@ class Neck(nn.Module):
 
 
 def neck_settings(cfg: Mapping[str, Any]) -> tuple[int, float] | None:
-    """``(dim, dropout)`` of a ``model`` section's ``neck: {dim, dropout}``, or None when it has no neck."""
-    neck = cfg.get("neck")
-    if neck in (None, False, {}):
-        return None
-    if not isinstance(neck, Mapping) or "dim" not in neck:
-        raise InputError(None, f"model.neck must be null or a mapping {{dim, dropout}}, not {neck!r}")
-    return int(neck["dim"]), float(neck.get("dropout", 0.0) or 0.0)
+    """``(dim, dropout)`` of a completed ``model`` section's ``neck: {dim, dropout}``, or None without a neck."""
+    neck = cfg["neck"]
+    return None if neck is None else (neck["dim"], neck["dropout"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from siamese.arcface import ArcMarginHead, batch_hard_triplet, classification_loss, margin_logits
-from siamese.embed_train import MIRROR_SUFFIX, class_items, epoch_order, lr_factor
+from siamese.objectives.margin import MIRROR_SUFFIX, class_items, epoch_order, lr_factor
 
 
 def test_margin_adds_the_angle_to_the_true_class_only():

@@ -20,9 +20,10 @@ from matching.runs.embedding import score_meta
 from matching.runs.pipeline import combine_folds, score_run
 from matching.runs.run import discover_runs
 from matching.similarity.cosine import cosine_matrix
-from siamese.embed_train import EmbedTrainer, Flipped
+from siamese.families import family_of
+from siamese.objectives.margin import Flipped, MarginObjective
 from siamese.schedule import Position
-from siamese.train import build_fold_data
+from siamese.trainer import FoldTrainer, build_fold_data
 
 CFG = {
     "model": {"name": "tinyarc", "family": "arcface", "branch": "test_efficientnet", "in_chans": 3, "pool": "gem",
@@ -38,12 +39,13 @@ CFG = {
 }
 
 
-def make_trainer(catalog_dir, run_dir, cfg=CFG) -> EmbedTrainer:
+def make_trainer(catalog_dir, run_dir, cfg=CFG) -> FoldTrainer:
     catalog = load_catalog(catalog_dir, need_test=False)
     train_df, val_df = fold_split(read_folds(catalog_dir / "folds.csv"), 0, include_singletons=True)
     torch.manual_seed(0)
-    return EmbedTrainer.create(yaml.safe_load(yaml.safe_dump(cfg)), build_fold_data(catalog, train_df, val_df),
-                               run_dir, torch.device("cpu"), log=lambda _: None)
+    cfg = yaml.safe_load(yaml.safe_dump(cfg))
+    return family_of(cfg).trainer(cfg, build_fold_data(catalog, train_df, val_df), run_dir, torch.device("cpu"),
+                                  log=lambda _: None)
 
 
 class Killed(Exception):
@@ -76,7 +78,7 @@ def test_every_block_is_validated_and_each_stage_keeps_its_best(unbroken):
 
 def test_a_killed_run_resumed_ends_with_the_same_weights_and_metrics(unbroken, tiny_catalog, tmp_path, monkeypatch):
     run_dir, metrics = unbroken
-    original = EmbedTrainer._run_epoch
+    original = FoldTrainer.run_epoch
     calls = {"n": 0}
 
     def dying(self, pos):
@@ -85,10 +87,10 @@ def test_a_killed_run_resumed_ends_with_the_same_weights_and_metrics(unbroken, t
             raise Killed
         return original(self, pos)
 
-    monkeypatch.setattr(EmbedTrainer, "_run_epoch", dying)
+    monkeypatch.setattr(FoldTrainer, "run_epoch", dying)
     with pytest.raises(Killed):
         make_trainer(tiny_catalog, tmp_path).fit()
-    monkeypatch.setattr(EmbedTrainer, "_run_epoch", original)
+    monkeypatch.setattr(FoldTrainer, "run_epoch", original)
     assert not (tmp_path / "40px" / "best.pt").exists()
     resumed = make_trainer(tiny_catalog, tmp_path).fit(resume=True)
     pd.testing.assert_frame_equal(deterministic(resumed), deterministic(metrics))
@@ -115,8 +117,8 @@ def test_a_frozen_block_trains_neck_and_margin_and_leaves_the_branch_alone(tiny_
     branch = {k: v.clone() for k, v in trainer.model.branch.state_dict().items()}
     neck = {k: v.clone() for k, v in trainer.model.neck.state_dict().items()}
     margin = trainer.model.margin.weight.detach().clone()
-    trainer._start_stage(0)
-    trainer._run_epoch(Position(0, 0, 0))
+    trainer.start_stage(0)
+    trainer.run_epoch(Position(0, 0, 0))
     for k, v in trainer.model.branch.state_dict().items():
         assert torch.equal(v, branch[k]), k
     assert not torch.equal(trainer.model.neck.fc.weight, neck["fc.weight"])
@@ -127,13 +129,13 @@ def test_mirrored_items_are_the_flipped_photos_under_new_classes(tiny_catalog, t
     trainer = make_trainer(tiny_catalog, tmp_path)
     n = len(trainer.data.train_paths)
     assert trainer.model.margin.classes == 2 * len(set(trainer.data.train_labels))
-    feats = trainer._item_features(32)[0].numpy()  # view 0: the test-time crops
+    feats = trainer.objective.frozen_features(32)[0].numpy()  # view 0: the test-time crops
     plain, mirrored = feats[:n], feats[n:]
     assert not np.allclose(plain, mirrored)
-    trainer.model.branch = Flipped(trainer.model.branch)
-    flipped = trainer._features(trainer.data.train_paths, trainer.data.train_boxes, 32, "x")
+    flipped = trainer.features(trainer.data.train_paths, trainer.data.train_boxes, 32, "x",
+                               module=Flipped(trainer.model.branch))
     np.testing.assert_allclose(mirrored, flipped, rtol=1e-5, atol=1e-5)
-    assert (trainer.cls[n:] == trainer.cls[:n] + len(set(trainer.data.train_labels))).all()
+    assert (trainer.objective.cls[n:] == trainer.objective.cls[:n] + len(set(trainer.data.train_labels))).all()
 
 
 def test_the_trained_run_scores_through_the_shared_pipeline(unbroken, tiny_catalog):
@@ -179,17 +181,17 @@ def test_the_trained_run_scores_through_the_shared_pipeline(unbroken, tiny_catal
 def test_every_known_whale_is_a_class_singletons_included(tiny_catalog, tmp_path):
     trainer = make_trainer(tiny_catalog, tmp_path)
     ids, counts = np.unique(trainer.data.train_labels, return_counts=True)
-    plain = [c for c in trainer.classes if not c.endswith("__mirror")]
+    plain = [c for c in trainer.objective.classes if not c.endswith("__mirror")]
     assert plain == sorted(ids) and "new_whale" not in plain
     assert (counts == 1).any(), "the tiny fold should hold a whale with one training photo"
 
 
 def test_neck_and_head_learn_at_a_multiple_of_the_branch_lr_after_warm_up(tiny_catalog, tmp_path):
     trainer = make_trainer(tiny_catalog, tmp_path)
-    trainer._set_lr(Position(0, 1, 0), 0.0)  # second block of the stage: past the 1-epoch warm-up, cosine at 1
+    trainer.objective.set_lr(Position(0, 1, 0), 0.0)  # second block of the stage: past the 1-epoch warm-up, cosine at 1
     branch_lr, head_lr = (g["lr"] for g in trainer.optimizer.param_groups)
     assert branch_lr == pytest.approx(1e-3) and head_lr == pytest.approx(5 * 1e-3)
-    trainer._set_lr(Position(0, 0, 0), 0.5)  # half-way through the warm-up of the first block
+    trainer.objective.set_lr(Position(0, 0, 0), 0.5)  # half-way through the warm-up of the first block
     assert trainer.optimizer.param_groups[0]["lr"] < 0.5 * 1e-3
 
 
@@ -200,21 +202,21 @@ def test_frozen_views_are_cached_per_item_and_an_epoch_covers_them_all(tiny_cata
     cfg["train"]["augment_strength"] = 1.0
     trainer = make_trainer(tiny_catalog, tmp_path, cfg)
     seen = []
-    original = EmbedTrainer._loss
-    monkeypatch.setattr(EmbedTrainer, "_loss", lambda self, e, y: seen.append(len(y)) or original(self, e, y))
-    trainer._start_stage(0)
-    trainer._run_epoch(Position(0, 0, 0))
-    feats = trainer._frozen_feats
-    items = len(trainer.cls)
+    original = MarginObjective.loss
+    monkeypatch.setattr(MarginObjective, "loss", lambda self, e, y: seen.append(len(y)) or original(self, e, y))
+    trainer.start_stage(0)
+    trainer.run_epoch(Position(0, 0, 0))
+    feats = trainer.frozen_feats
+    items = len(trainer.objective.cls)
     assert feats.shape[:2] == (3, items)
     assert not torch.allclose(feats[0], feats[1]) and not torch.allclose(feats[1], feats[2])
     assert sum(seen) >= 3 * items - 1  # every view of every item (a final lone item may be dropped)
     again = make_trainer(tiny_catalog, tmp_path / "again", cfg)
-    assert torch.equal(again._item_features(32), feats)  # the views are a function of the seed
+    assert torch.equal(again.objective.frozen_features(32), feats)  # the views are a function of the seed
 
 
 def test_negative_frozen_views_are_refused(tiny_catalog, tmp_path):
     cfg = yaml.safe_load(yaml.safe_dump(CFG))
     cfg["train"]["frozen_views"] = -1
     with pytest.raises(InputError, match="frozen_views"):
-        make_trainer(tiny_catalog, tmp_path, cfg)._item_features(32)
+        make_trainer(tiny_catalog, tmp_path, cfg)

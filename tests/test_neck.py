@@ -11,8 +11,10 @@ import torch
 from data.catalog import load_catalog, read_folds
 from data.checkpoint import load_checkpoint
 from data.folds import fold_split
+from siamese.families import family_of
 from siamese.model import build_model
-from siamese.train import Trainer, build_fold_data
+from siamese.objectives.pairs import frozen_view_rounds
+from siamese.trainer import FoldTrainer, build_fold_data
 
 MODEL = {"name": "tiny_neck", "branch": "test_efficientnet", "in_chans": 3, "pool": "max", "pretrained": False,
          "weights": None, "head_hidden": 8, "neck": {"dim": 16, "dropout": 0.1}}
@@ -20,14 +22,14 @@ FROZEN = [{"size": 32, "blocks": [{"epochs": 3, "lr": 3e-3, "K": 1000, "freeze_b
                                   {"epochs": 2, "lr": 1e-3, "K": 0.5, "freeze_branch": True, "batch": 8}]}]
 
 
-def make_trainer(catalog_dir, run_dir, stages=FROZEN, views: int = 2) -> Trainer:
+def make_trainer(catalog_dir, run_dir, stages=FROZEN, views: int = 2) -> FoldTrainer:
     catalog = load_catalog(catalog_dir, need_test=False)
     train_df, val_df = fold_split(read_folds(catalog_dir / "folds.csv"), 0, include_singletons=True)
     cfg = {"model": dict(MODEL), "train": {"seed": 5, "stages": stages, "workers": 0, "feature_batch": 16,
                                            "sparse_k": None, "frozen_views": views, "augment_strength": 0.5}}
     torch.manual_seed(0)
-    return Trainer(build_model(cfg["model"]), cfg, build_fold_data(catalog, train_df, val_df), run_dir,
-                   torch.device("cpu"), log=lambda _: None)
+    return family_of(cfg).trainer(cfg, build_fold_data(catalog, train_df, val_df), run_dir, torch.device("cpu"),
+                                  log=lambda _: None)
 
 
 def test_the_neck_sits_between_branch_and_head():
@@ -60,17 +62,15 @@ def test_a_frozen_trunk_stays_bit_identical_while_the_neck_learns(unbroken):
 
 def test_frozen_features_hold_every_view_and_views_differ(unbroken):
     _, _, trainer, _, _ = unbroken
-    feats = trainer._frozen_feats
-    assert feats.shape[0] == 3 and feats.shape[1] == len(trainer.mine_idx)
+    feats = trainer.frozen_feats
+    assert feats.shape[0] == 3 and feats.shape[1] == len(trainer.data.mining_index)
     assert not torch.equal(feats[0], feats[1]) and not torch.equal(feats[1], feats[2])
 
 
-def test_an_epoch_pairs_every_pair_once_per_view_round(tiny_catalog, tmp_path):
-    trainer = make_trainer(tiny_catalog, tmp_path)
-    trainer._frozen_feats = torch.zeros(3, len(trainer.mine_idx), 4)
+def test_an_epoch_pairs_every_pair_once_per_view_round():
     pairs = np.array([[0, 1], [1, 2], [2, 0]])
     targets = np.array([1.0, 0.0, 0.0], np.float32)
-    out_pairs, out_targets, views = trainer._frozen_views(pairs, targets, [1, 2])
+    out_pairs, out_targets, views = frozen_view_rounds(pairs, targets, 3, [1, 2])
     assert len(out_pairs) == 9 and views.min() >= 0 and views.max() <= 2
     assert sorted(map(tuple, out_pairs)) == sorted(map(tuple, np.tile(pairs, (3, 1))))
     for p, t in zip(out_pairs, out_targets):
@@ -79,7 +79,7 @@ def test_an_epoch_pairs_every_pair_once_per_view_round(tiny_catalog, tmp_path):
 
 def test_a_killed_neck_run_resumed_ends_with_the_same_weights(unbroken, tiny_catalog, tmp_path, monkeypatch):
     run_dir, metrics, _, _, _ = unbroken
-    original = Trainer._run_epoch
+    original = FoldTrainer.run_epoch
     calls = {"n": 0}
 
     class Killed(Exception):
@@ -91,10 +91,10 @@ def test_a_killed_neck_run_resumed_ends_with_the_same_weights(unbroken, tiny_cat
             raise Killed
         return original(self, pos)
 
-    monkeypatch.setattr(Trainer, "_run_epoch", dying)
+    monkeypatch.setattr(FoldTrainer, "run_epoch", dying)
     with pytest.raises(Killed):
         make_trainer(tiny_catalog, tmp_path).fit()
-    monkeypatch.setattr(Trainer, "_run_epoch", original)
+    monkeypatch.setattr(FoldTrainer, "run_epoch", original)
     resumed = make_trainer(tiny_catalog, tmp_path).fit(resume=True)
     pd.testing.assert_frame_equal(resumed.drop(columns=["seconds"]), metrics.drop(columns=["seconds"]))
     a = load_checkpoint(run_dir / "32px" / "last.pt")["model"]

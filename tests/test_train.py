@@ -10,8 +10,9 @@ import torch
 from data.catalog import load_catalog, read_folds
 from data.checkpoint import load_checkpoint
 from data.folds import fold_split
-from siamese.model import build_model
-from siamese.train import Trainer, build_fold_data
+from siamese.families import family_of
+from siamese.schedule import Position
+from siamese.trainer import FoldTrainer, build_fold_data
 
 MODEL = {"name": "tiny", "branch": "test_efficientnet", "in_chans": 3, "pool": "max", "pretrained": False,
          "weights": None, "head_hidden": 8}
@@ -22,14 +23,14 @@ STAGES = [
 ]
 
 
-def make_trainer(catalog_dir, run_dir, **model) -> Trainer:
+def make_trainer(catalog_dir, run_dir, **model) -> FoldTrainer:
     catalog = load_catalog(catalog_dir, need_test=False)
     train_df, val_df = fold_split(read_folds(catalog_dir / "folds.csv"), 0, include_singletons=True)
     cfg = {"model": dict(MODEL, **model), "train": {"seed": 3, "stages": STAGES, "workers": 0, "feature_batch": 16,
                                                     "sparse_k": None}}
     torch.manual_seed(0)
-    return Trainer(build_model(cfg["model"]), cfg, build_fold_data(catalog, train_df, val_df), run_dir,
-                   torch.device("cpu"), log=lambda _: None)
+    return family_of(cfg).trainer(cfg, build_fold_data(catalog, train_df, val_df), run_dir, torch.device("cpu"),
+                                  log=lambda _: None)
 
 
 class Killed(Exception):
@@ -64,7 +65,7 @@ def test_every_block_is_validated_and_each_stage_keeps_its_best(unbroken):
 def test_a_killed_run_resumed_ends_with_the_same_weights_and_metrics(unbroken, tiny_catalog, tmp_path, monkeypatch):
     run_dir, metrics = unbroken
     trainer = make_trainer(tiny_catalog, tmp_path)
-    original = Trainer._run_epoch
+    original = FoldTrainer.run_epoch
     calls = {"n": 0}
 
     def dying(self, pos):
@@ -73,10 +74,10 @@ def test_a_killed_run_resumed_ends_with_the_same_weights_and_metrics(unbroken, t
             raise Killed
         return original(self, pos)
 
-    monkeypatch.setattr(Trainer, "_run_epoch", dying)
+    monkeypatch.setattr(FoldTrainer, "run_epoch", dying)
     with pytest.raises(Killed):
         trainer.fit()
-    monkeypatch.setattr(Trainer, "_run_epoch", original)
+    monkeypatch.setattr(FoldTrainer, "run_epoch", original)
     assert not (tmp_path / "40px" / "best.pt").exists()
     resumed = make_trainer(tiny_catalog, tmp_path).fit(resume=True)
     pd.testing.assert_frame_equal(deterministic(resumed), deterministic(metrics))
@@ -92,10 +93,8 @@ def test_a_frozen_block_trains_the_head_and_leaves_the_branch_alone(tiny_catalog
     trainer.stages = trainer.stages[:1]
     branch_before = {k: v.clone() for k, v in trainer.model.branch.state_dict().items()}
     head_before = {k: v.clone() for k, v in trainer.model.head.state_dict().items()}
-    trainer._start_stage(0)
-    from siamese.schedule import Position
-
-    trainer._run_epoch(Position(0, 0, 0))
+    trainer.start_stage(0)
+    trainer.run_epoch(Position(0, 0, 0))
     for k, v in trainer.model.branch.state_dict().items():
         assert torch.equal(v, branch_before[k]), k
     assert any(not torch.equal(v, head_before[k]) for k, v in trainer.model.head.state_dict().items())
@@ -119,10 +118,8 @@ def test_freeze_bn_keeps_batchnorm_as_loaded_while_the_branch_trains(tiny_catalo
     assert bns
     bn_before = [{k: v.clone() for k, v in m.state_dict().items()} for m in bns]
     conv_before = trainer.model.branch.backbone.conv_stem.weight.clone()
-    trainer._start_stage(0)
-    from siamese.schedule import Position
-
-    trainer._run_epoch(Position(0, 1, 0))  # the unfrozen block
+    trainer.start_stage(0)
+    trainer.run_epoch(Position(0, 1, 0))  # the unfrozen block
     for m, before in zip(bns, bn_before):
         assert not m.training and all(not p.requires_grad for p in m.parameters(recurse=False))
         for k, v in m.state_dict().items():
@@ -135,16 +132,14 @@ def test_without_freeze_bn_batchnorm_statistics_follow_the_batches(tiny_catalog,
     trainer.stages = trainer.stages[:1]
     bn = next(m for m in trainer.model.branch.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
     mean_before = bn.running_mean.clone()
-    trainer._start_stage(0)
-    from siamese.schedule import Position
-
-    trainer._run_epoch(Position(0, 1, 0))
+    trainer.start_stage(0)
+    trainer.run_epoch(Position(0, 1, 0))
     assert not torch.equal(bn.running_mean, mean_before)
 
 
 def test_calibrated_cosine_head_separates_same_and_other_whale_cosines():
     from siamese.head import PairHead
-    from siamese.train import calibrate_cosine_head
+    from siamese.objectives.pairs import calibrate_cosine_head
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(20), 3).astype(str)
@@ -182,7 +177,7 @@ def test_compile_option_keeps_checkpoint_names_and_the_scaler_is_off_without_fp1
     catalog = load_catalog(tiny_catalog, need_test=False)
     train_df, val_df = fold_split(read_folds(tiny_catalog / "folds.csv"), 0, include_singletons=True)
     cfg = {"model": dict(MODEL), "train": {"seed": 3, "stages": STAGES, "workers": 0, "compile": True}}
-    compiled = Trainer(build_model(cfg["model"]), cfg, build_fold_data(catalog, train_df, val_df), tmp_path / "b",
-                       torch.device("cpu"), log=lambda _: None)
+    compiled = family_of(cfg).trainer(cfg, build_fold_data(catalog, train_df, val_df), tmp_path / "b",
+                                      torch.device("cpu"), log=lambda _: None)
     assert compiled.model.state_dict().keys() == plain.model.state_dict().keys()
     assert not compiled.scaler.is_enabled() and not plain.scaler.is_enabled()  # CPU: no fp16 autocast
