@@ -266,7 +266,7 @@ class BboxPredict:
 
 @dataclass(frozen=True)
 class Bbox:
-    """A fluke box detector config (configs/bbox.yaml: these defaults; bbox_gpu.yaml: the full size)."""
+    """A fluke box detector config (configs/bbox/default.yaml: these defaults; bbox/gpu.yaml: the full size)."""
 
     model: BboxModel = section(BboxModel)
     data: BboxData = section(BboxData)

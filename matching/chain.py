@@ -24,9 +24,10 @@ from pathlib import Path
 import pandas as pd
 
 from data.errors import InputError
+from data.settings import Settings, check
+from matching.ranking.ensemble import summary_lines
 from matching.runs.keypoint_scores import keypoint_scores_done
 
-DEFAULT_N_FOLDS = 4
 ENSEMBLE_SUMMARY = Path("ensemble") / "summary.json"  # under --work-dir, written by scripts/final_ensemble.py
 
 
@@ -67,7 +68,9 @@ def run_steps(steps: Sequence[Step], scripts_dir: Path, echo: Callable[[str], No
 def demo_steps(config: Path, cfg: Mapping, data: Path, work: Path, folds: Sequence[int], seed: int = 0
                ) -> list[Step]:
     """The steps of scripts/demo.py on the synthetic catalog: generate, fold, box, train ``folds``, score,
-    blend and submit, write the review page."""
+    blend and submit, write the review page. ``cfg``: the model config (completed here with the schema's
+    defaults)."""
+    cfg = check(dict(cfg), Settings, config)
     model = cfg["model"]["name"]
     common = ["--data-dir", str(data), "--work-dir", str(work)]
     steps = [
@@ -92,7 +95,7 @@ def demo_steps(config: Path, cfg: Mapping, data: Path, work: Path, folds: Sequen
 def chain_folds(cfg: Mapping, source: str | Path | None = None) -> tuple[list[int], int]:
     """(folds to train, n_folds) from the config's top-level ``folds`` and ``n_folds``; bad values raise
     :class:`InputError` naming ``source``."""
-    n_folds = cfg.get("n_folds", DEFAULT_N_FOLDS)
+    n_folds = cfg.get("n_folds", Settings.n_folds)  # a partial config: the schema's default
     if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
         raise InputError(source, f"n_folds must be an integer of at least 2, not {n_folds!r}")
     folds = cfg.get("folds")
@@ -123,6 +126,7 @@ def folds_file_matches(path: Path, n_folds: int) -> bool:
 def build_steps(config: Path, cfg: Mapping, data: Path, work: Path) -> list[Step]:
     """The steps of the chain in order, each a script with its arguments and a test of its outputs."""
     folds, n_folds = chain_folds(cfg, config)
+    cfg = check(dict(cfg), Settings, config)
     model = cfg["model"]["name"]
     size = last_stage_size(cfg, config)
     common = ["--data-dir", str(data), "--work-dir", str(work)]
@@ -198,19 +202,7 @@ def read_ensemble_summary(work: Path) -> dict | None:
 def ensemble_lines(summary: Mapping | None, model: str) -> list[str]:
     """The lines of final_ensemble.py's results the chain's summary shows, as final_ensemble.py prints them:
     ``model``'s out-of-fold MAP@5, the blend's with and without the column-wise pass, the threshold."""
-    if not summary:
-        return []
-    lines = []
-    for m in summary.get("models", []):
-        if m["name"] == model:
-            oof = "-" if m.get("oof_map5") is None else f"{m['oof_map5']:.4f}"
-            lines.append(f"{m['name']:<16}{m['weight']:>8.2f}{oof:>12}")
-    if summary.get("oof_map5") is not None:
-        lines.append(f"{'blend':<24}{summary['oof_map5']:>12.4f}")
-        lines.append(f"{'blend + column pass':<24}{summary['oof_map5_post']:>12.4f}"
-                     f"{'' if summary.get('post_applied', True) else '  (not applied to the submission)'}")
-    lines.append(f"threshold {summary['threshold']:.4f}; column pass swapped {summary['swapped']} test queries")
-    return lines
+    return summary_lines(summary, model)
 
 
 def ensemble_oof_map5(summary: Mapping | None) -> float:

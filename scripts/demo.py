@@ -24,7 +24,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=_cli.DEFAULT_DATA_DIR, help="default: %(default)s")
     p.add_argument("--work-dir", type=Path, default=_cli.DEFAULT_WORK_DIR, help="default: %(default)s")
-    p.add_argument("--config", type=Path, default=_cli.REPO_ROOT / "configs" / "demo.yaml",
+    p.add_argument("--config", type=Path, default=_cli.REPO_ROOT / "configs" / "siamese" / "demo.yaml",
                    help="model config for the folds (Siamese or embedding family); default: %(default)s")
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1], help="folds to train; default: 0 1")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic catalog; default: %(default)s")

@@ -14,7 +14,7 @@ Example:
   python scripts/make_protocol.py --data-dir ../shared/data/omniglot --out /tmp/omni_proto \\
       --one-shot 20 --tasks 20 --held-out-groups 2 --seed 0
   python scripts/make_folds.py --data-dir /tmp/omni_proto/catalog
-  python scripts/train_fold.py 0 --config configs/omniglot.yaml --data-dir /tmp/omni_proto/catalog \
+  python scripts/train_fold.py 0 --config configs/siamese/omniglot.yaml --data-dir /tmp/omni_proto/catalog \
       --work-dir work/omni
   python scripts/one_shot.py --protocol /tmp/omni_proto --runs work/omni/runs --work-dir work/omni/one_shot
   python scripts/evaluate.py --submission work/omni/one_shot/task_000/submission.csv \\

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import _cli
 from bbox.metrics import mean_iou
-from bbox.predict import load_fold_models, predict_config, predict_photos, routes_for, write_boxes
+from bbox.predict import load_fold_models, predict_photos, routes_for, write_boxes
 from bbox.sheet import contact_sheet, pick_for_sheet
 from data.catalog import load_catalog, read_boxes
 from data.device import pick_device
@@ -28,7 +28,7 @@ from data.settings import Bbox
 
 
 def main() -> int:
-    p = _cli.parser(__doc__, default_config="bbox.yaml")
+    p = _cli.parser(__doc__, default_config="bbox/default.yaml")
     p.add_argument("--out", type=Path, help="boxes CSV to write (default: <data-dir>/boxes.csv)")
     p.add_argument(
         "--sheet", type=Path, help="contact sheet PNG (default: boxes_sheet.png beside the boxes CSV)"
@@ -55,7 +55,7 @@ def main() -> int:
     names += catalog.test_images
     paths += [catalog.test_path(n) for n in catalog.test_images]
     folds = load_fold_models(args.work_dir)
-    device = pick_device(args.device or cfg.get("train", {}).get("device", "auto"))
+    device = pick_device(args.device or cfg["train"]["device"])
     data_cfg = folds.config["data"]
     routes = routes_for(names, folds.holdouts)
     held_out = sum(len(r) < len(folds.models) for r in routes)
@@ -68,7 +68,7 @@ def main() -> int:
         folds.models,
         paths,
         routes=routes,
-        cfg=predict_config(cfg.get("predict")),
+        cfg=cfg["predict"],
         max_side=int(data_cfg["load_side"]),
         max_megapixels=float(data_cfg["max_megapixels"]),
         device=device,

@@ -37,9 +37,9 @@ def main() -> int:
     args = p.parse_args()
     if args.limit is not None and args.limit < 1:
         p.error("--limit must be at least 1")
-    cfg = _cli.config_from(args).get("ensemble", {})
+    cfg = _cli.config_from(args)["ensemble"]
     print(f"reading {args.work_dir} and {args.data_dir}")
-    result = build_report(args.data_dir, args.work_dir, weights=cfg.get("weights"), out_dir=args.out,
+    result = build_report(args.data_dir, args.work_dir, weights=cfg["weights"], out_dir=args.out,
                           submission=args.submission, test_matrix=args.test_matrix, oof_matrix=args.oof_matrix,
                           limit=args.limit, embed=args.embed)
     for note in result.notes:

@@ -17,7 +17,7 @@ embeddings of every embedding model of each fold as one more model, scores/NAME:
   python scripts/score_matrix.py --meta arcface_meta
 
 Keypoint matching (SIFT + homography inliers, no training) adds the model scores/keypoints/{test,oof}.npz when
-a run's config enables it (keypoints.enabled, as configs/demo.yaml does) or with --keypoints on; its settings
+a run's config enables it (keypoints.enabled, as configs/siamese/demo.yaml does) or with --keypoints on; its settings
 come from that config's keypoints section. --keypoints on with no trained runs scores with keypoints alone.
 """
 

@@ -7,7 +7,7 @@ Reads the training boxes (--boxes FILE, Image,x0,y0,x1,y1 in original upright pi
 
 Examples:
   python scripts/train_bbox.py
-  python scripts/train_bbox.py --data-dir data/humpback --boxes my_boxes.csv --config configs/bbox_gpu.yaml
+  python scripts/train_bbox.py --data-dir data/humpback --boxes my_boxes.csv --config configs/bbox/gpu.yaml
   python scripts/train_bbox.py --resume                      # continue a killed run
   python scripts/train_bbox.py --set train.epochs=2 --set train.folds=3
 """
@@ -27,7 +27,7 @@ from data.settings import Bbox
 
 
 def main() -> int:
-    p = _cli.parser(__doc__, default_config="bbox.yaml")
+    p = _cli.parser(__doc__, default_config="bbox/default.yaml")
     p.add_argument("--boxes", type=Path, help="training boxes CSV (default: <data-dir>/truth_boxes.csv)")
     p.add_argument(
         "--resume", action="store_true", help="continue unfinished fold checkpoints, keep finished ones"

@@ -6,11 +6,11 @@ Reads train.csv, folds.csv (scripts/make_folds.py) and boxes.csv when present fr
 
 Examples:
   python scripts/train_fold.py 0
-  python scripts/train_fold.py 1 --config configs/densenet121.yaml --data-dir data/humpback
-  python scripts/train_fold.py 0 --config configs/arcface_densenet121.yaml
+  python scripts/train_fold.py 1 --config configs/siamese/densenet121.yaml --data-dir data/humpback
+  python scripts/train_fold.py 0 --config configs/arcface/densenet121.yaml
   python scripts/train_fold.py 0 --resume                     # continue a killed run
   python scripts/train_fold.py 0 --set train.seed=3 --set model.pretrained=false
-  torchrun --standalone --nproc_per_node 4 scripts/train_fold.py 0 --config configs/kernel.yaml
+  torchrun --standalone --nproc_per_node 4 scripts/train_fold.py 0 --config configs/siamese/kernel.yaml
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from siamese.trainer import build_fold_data
 
 
 def main() -> int:
-    p = _cli.parser(__doc__, default_config="demo.yaml")
+    p = _cli.parser(__doc__, default_config="siamese/demo.yaml")
     p.add_argument("fold", type=int, help="the validation fold to train for (0-based)")
     p.add_argument("--resume", action="store_true", help="continue from the newest last.pt of this run")
     p.add_argument("--weights", help="local branch weights file (safetensors or a torch state dict)")
@@ -54,13 +54,13 @@ def main() -> int:
     family = family_of(cfg)
 
     run_dir = args.work_dir / "runs" / cfg["model"]["name"] / f"fold{args.fold}"
-    device = pick_device(cfg["train"].get("device", "auto"))
+    device = pick_device(cfg["train"]["device"])
     shards = from_env(device)  # under torchrun: one process per GPU (or CPU share), DistributedDataParallel
     device = local_device(device)
     if not shards.main:
         os.environ["TQDM_DISABLE"] = "1"  # one set of progress bars, from rank 0
     say = print if shards.main else (lambda *a, **k: None)
-    torch.manual_seed(int(cfg["train"].get("seed", 0)))  # the same initial weights on every rank and run
+    torch.manual_seed(cfg["train"]["seed"])  # the same initial weights on every rank and run
     say(f"fold {args.fold}: {len(data.train_paths)} catalog images ({len(data.mining_index)} give pairs), "
         f"{len(data.val_paths)} validation images; device {device}"
         f"{f' x {shards.world} processes' if shards.world > 1 else ''}; writing {run_dir}")

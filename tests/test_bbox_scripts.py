@@ -52,7 +52,7 @@ def _catalog(folder: Path, n_train: int = 6, n_test: int = 2) -> dict:
 
 def _tiny_config(path: Path) -> Path:
     cfg = {
-        "base": str(REPO / "configs" / "bbox.yaml"),
+        "base": str(REPO / "configs" / "bbox/default.yaml"),
         "model": {
             "backbone": "mobilenetv3_small_050",
             "weights": None,

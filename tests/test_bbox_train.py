@@ -163,7 +163,7 @@ def test_demo_config_reaches_iou_0_8_on_held_out_synthetic_photos(tmp_path):
     write_catalog(catalog, SynthConfig(seed=7, individuals=40, test_photos=40), progress=False)
     boxes = read_boxes(catalog / "truth_boxes.csv")
     paths = {n: catalog / ("train" if (catalog / "train" / n).is_file() else "test") / n for n in boxes}
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "bbox.yaml", schema=Bbox)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "bbox/default.yaml", schema=Bbox)
     reports = train_folds(boxes, paths, cfg, tmp_path / "work", progress=False)
     summary = bbox_train.fold_summary(reports, boxes)
     assert summary["mean_iou"].iloc[-1] >= 0.8, summary.to_string()

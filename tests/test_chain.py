@@ -31,7 +31,7 @@ from matching.evaluation.submission import read_truth
 from matching.matrix import ScoreMatrix, save_matrix
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_CPU = REPO / "configs" / "real_cpu.yaml"
+REAL_CPU = REPO / "configs" / "arcface/real_cpu.yaml"
 
 
 def test_real_cpu_config_is_a_frozen_lite0_schedule_with_valid_folds():

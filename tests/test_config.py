@@ -60,7 +60,7 @@ def test_every_default_is_present_and_indexable(tmp_path):
 
 
 def test_a_run_config_written_with_every_default_reads_back_and_loads_again(tmp_path):
-    cfg = load_config(REPO_ROOT / "configs" / "demo_siamese.yaml")
+    cfg = load_config(REPO_ROOT / "configs" / "siamese/demo_finetune.yaml")
     run = write(tmp_path / "config.yaml", yaml.safe_dump(cfg))  # as runs/<model>/fold<k>/config.yaml
     assert yaml.safe_load(run.read_text()) == cfg
     assert load_config(run) == cfg
@@ -154,11 +154,11 @@ def test_missing_config_and_bad_override_are_clear(tmp_path):
 
 
 def test_the_box_detector_schema_and_its_own_errors(tmp_path):
-    cfg = load_config(REPO_ROOT / "configs" / "bbox.yaml", ["train.epochs=2"], Bbox)
+    cfg = load_config(REPO_ROOT / "configs" / "bbox/default.yaml", ["train.epochs=2"], Bbox)
     assert cfg["train"]["epochs"] == 2 and set(cfg["predict"]) == set(defaults(Bbox)["predict"])
-    text = one_line_error(REPO_ROOT / "configs" / "bbox.yaml", ["train.epocs=2"], Bbox)
+    text = one_line_error(REPO_ROOT / "configs" / "bbox/default.yaml", ["train.epocs=2"], Bbox)
     assert "unknown key train.epocs" in text and "did you mean train.epochs?" in text
-    assert "one of fasterrcnn, retinanet" in one_line_error(REPO_ROOT / "configs" / "bbox.yaml",
+    assert "one of fasterrcnn, retinanet" in one_line_error(REPO_ROOT / "configs" / "bbox/default.yaml",
                                                             ["model.arch=yolo"], Bbox)
 
 
@@ -167,7 +167,7 @@ def test_bbox_yaml_states_the_schema_defaults_and_bbox_reads_them():
     from bbox.predict import predict_config
     from bbox.train import full_config
 
-    assert load_config(REPO_ROOT / "configs" / "bbox.yaml", schema=Bbox) == defaults(Bbox)
+    assert load_config(REPO_ROOT / "configs" / "bbox/default.yaml", schema=Bbox) == defaults(Bbox)
     full = full_config({"train": {"epochs": 1}})
     assert full["train"]["epochs"] == 1 and full["train"]["optimizer"] == "adamw"
     assert full["predict"] == predict_config(None) and full["model"] == model_config(None)

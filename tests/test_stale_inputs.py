@@ -69,3 +69,42 @@ def test_an_unknown_family_is_one_line(catalog_copy, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "model.family" in lines[0]
     assert not work.exists()
+
+
+def test_score_matrix_recomputes_the_features_after_a_new_boxes_csv(catalog_copy, tmp_path):
+    import numpy as np
+    import torch
+    import yaml
+
+    from data.checkpoint import save_checkpoint
+    from matching.matrix import load_matrix
+    from siamese.model import build_model
+
+    model_cfg = {"name": "tiny", "branch": "test_efficientnet", "in_chans": 3, "pool": "max", "pretrained": False,
+                 "weights": None, "head_hidden": 8}
+    run_dir = tmp_path / "work" / "runs" / "tiny" / "fold0"
+    stages = [{"size": 32, "blocks": [{"epochs": 1, "lr": 1e-3, "K": 1000, "batch": 8}]}]
+    (run_dir / "32px").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": model_cfg, "train": {"stages": stages}}))
+    torch.manual_seed(0)
+    save_checkpoint(run_dir / "32px" / "best.pt", {"model": build_model(model_cfg).state_dict()})
+    work = tmp_path / "work"
+    args = ("--data-dir", str(catalog_copy), "--work-dir", str(work), "--keypoints", "off", "--device", "cpu")
+    cache = work / "features" / "tiny" / "fold0" / "test.npz"
+
+    def score() -> tuple[np.ndarray, np.ndarray, int]:
+        result = run_script("score_matrix.py", *args)
+        assert result.returncode == 0, result.stderr
+        return load_matrix(work / "scores" / "tiny" / "test.npz").scores, np.load(cache)["features"], \
+            cache.stat().st_mtime_ns
+
+    first, feats, stamp = score()
+    again, feats_again, stamp_again = score()
+    assert stamp_again == stamp  # nothing changed: the cached features are reused
+    np.testing.assert_array_equal(again, first)
+    boxes = pd.read_csv(catalog_copy / "boxes.csv")
+    boxes["x1"] = boxes["x0"] + 0.5 * (boxes["x1"] - boxes["x0"])  # every box now holds the left half of a fluke
+    boxes.to_csv(catalog_copy / "boxes.csv", index=False)
+    boxed, feats_boxed, stamp_boxed = score()
+    assert stamp_boxed != stamp and not np.allclose(feats_boxed, feats)
+    assert not np.allclose(boxed, first)

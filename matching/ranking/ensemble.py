@@ -1,4 +1,5 @@
-"""Blend the score matrices of several models, tune ``new_whale`` on out-of-fold rows, rank and post-process."""
+"""Blend the score matrices of several models, tune ``new_whale`` on out-of-fold rows, rank and post-process;
+the summary ``scripts/final_ensemble.py`` prints and writes to ``ensemble/summary.json`` (read by run_chain.py)."""
 
 from __future__ import annotations
 
@@ -142,3 +143,50 @@ def find_models(scores_dir: Path) -> list[str]:
     """Models under ``scores_dir`` with a fold-averaged ``test.npz``, sorted."""
     return sorted(p.parent.name for p in Path(scores_dir).glob("*/test.npz"))
 
+
+
+def ensemble_from_config(scores_dir: Path, models: Sequence[str], cfg: Mapping, labels: Mapping[str, str]
+                         ) -> EnsembleResult:
+    """:func:`run_ensemble` with the settings of a completed ``ensemble:`` section (``postprocess.enabled:
+    auto`` applies the column pass only where it raises the out-of-fold MAP@5)."""
+    post_cfg = dict(cfg["postprocess"])
+    auto = post_cfg["enabled"] == "auto"
+    post = ColumnPass(**dict(post_cfg, enabled=bool(post_cfg["enabled"])))
+    return run_ensemble(scores_dir, models, cfg["weights"], labels, mode=cfg["mode"], post=post, post_auto=auto,
+                        new_whale_share=cfg["new_whale_share"], tune=cfg["tune_weights"])
+
+
+def ensemble_summary(result: EnsembleResult, test_map5: float | None = None, truth: str | None = None) -> dict:
+    """What final_ensemble.py writes to ``ensemble/summary.json``: ``models`` (each ``name``, ``weight``,
+    ``oof_map5`` and ``threshold``, null without out-of-fold matrices), the blend's ``oof_map5`` and
+    ``oof_map5_post`` (with the column-wise pass), ``post_applied``, ``threshold``, ``swapped`` (test queries
+    the column pass changed), ``queries``, ``test_map5`` and ``truth`` (null without truth.csv), ``notes``."""
+    def num(value) -> float | None:
+        return None if value is None else float(value)
+
+    return {
+        "models": [{"name": m.name, "weight": float(m.weight), "oof_map5": num(m.oof_map5),
+                    "threshold": num(m.threshold)} for m in result.models],
+        "oof_map5": num(result.oof_map5), "oof_map5_post": num(result.oof_map5_post),
+        "post_applied": bool(result.post_applied), "threshold": float(result.threshold),
+        "swapped": int(result.swapped), "queries": len(result.ranked), "test_map5": num(test_map5),
+        "truth": None if test_map5 is None else truth, "notes": list(result.notes),
+    }
+
+
+def summary_lines(summary: Mapping | None, model: str | None = None) -> list[str]:
+    """The result table of a summary as final_ensemble.py prints it: each model's weight and out-of-fold
+    MAP@5 (only ``model``'s when given), the blend's with and without the column-wise pass, the threshold."""
+    if not summary:
+        return []
+    lines = [] if model is not None else [f"{'model':<16}{'weight':>8}{'OOF MAP@5':>12}"]
+    for m in summary["models"]:
+        if model is None or m["name"] == model:
+            oof = "-" if m["oof_map5"] is None else f"{m['oof_map5']:.4f}"
+            lines.append(f"{m['name']:<16}{m['weight']:>8.2f}{oof:>12}")
+    if summary["oof_map5"] is not None:
+        lines.append(f"{'blend':<24}{summary['oof_map5']:>12.4f}")
+        lines.append(f"{'blend + column pass':<24}{summary['oof_map5_post']:>12.4f}"
+                     f"{'' if summary['post_applied'] else '  (not applied to the submission)'}")
+    lines.append(f"threshold {summary['threshold']:.4f}; column pass swapped {summary['swapped']} test queries")
+    return lines

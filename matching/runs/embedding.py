@@ -19,6 +19,7 @@ from data.checkpoint import load_checkpoint
 from data.distributed import SINGLE, Shards
 from data.errors import InputError
 from data.io import load_npz, write_csv
+from data.settings import Score, check
 from matching.matrix import ScoreMatrix, mask_self, save_matrix, self_pairs
 from matching.runs.run import Run, cached_features
 from matching.similarity.calibration import Logistic, fit_logistic, same_whale
@@ -52,9 +53,9 @@ class EmbedSet:
 
 
 def _similarity(query: np.ndarray, s: EmbedSet, score_cfg: dict) -> np.ndarray:
-    knn_above = score_cfg.get("knn_above")
-    knn = int(score_cfg.get("knn", 200)) if knn_above is not None and len(s.gallery) > int(knn_above) else None
-    return similarity(query, s.gallery, s.gallery_labels, scoring=str(score_cfg.get("scoring", "image")), knn=knn)
+    knn_above = score_cfg["knn_above"]
+    knn = score_cfg["knn"] if knn_above is not None and len(s.gallery) > knn_above else None
+    return similarity(query, s.gallery, s.gallery_labels, scoring=score_cfg["scoring"], knn=knn)
 
 
 def write_embedding_scores(s: EmbedSet, fold: int, out_dir: Path, score_cfg: dict,
@@ -110,7 +111,7 @@ def score_embed_run(run: Run, catalog, val_names: Sequence[str] | None, out_dir:
         s.oof_labels = [truth[n] for n in s.oof_names]
     written: list[Path] = []
     if shards.main:
-        written = write_embedding_scores(s, run.fold, out_dir, dict(run.config.get("score") or {}))
+        written = write_embedding_scores(s, run.fold, out_dir, run.config["score"])
     shards.barrier()
     return [p for p in written if p.suffix == ".npz"]
 
@@ -142,7 +143,7 @@ def score_meta(name: str, models: Sequence[str], fold: int, catalog, val_names: 
     if parts["oof"]:
         s.oof, s.oof_names = meta_embedding(parts["oof"]), [str(n) for n in names["oof"]]
         s.oof_labels = [truth[n] for n in s.oof_names]
-    out = write_embedding_scores(s, fold, Path(work_dir) / "scores" / name, score_cfg or {"scoring": "image"})
+    out = write_embedding_scores(s, fold, Path(work_dir) / "scores" / name, check(score_cfg or {}, Score, path="score"))
     return [p for p in out if p.suffix == ".npz"]
 
 
@@ -158,7 +159,7 @@ def score_meta_embeddings(name: str, runs: Sequence[Run], catalog, folds: pd.Dat
         if len(fold_runs) < 2:
             continue
         val = None if folds is None else folds.loc[folds["fold"] == fold, "Image"].tolist()
-        score_cfg = dict(fold_runs[0].config.get("score") or {})
+        score_cfg = fold_runs[0].config["score"]
         for path in score_meta(name, [r.model for r in fold_runs], fold, catalog, val, work_dir, score_cfg):
             print(f"  wrote {path}")
         done = True

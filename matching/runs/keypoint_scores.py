@@ -141,7 +141,7 @@ def validation_images(folds: pd.DataFrame | None, runs: Sequence) -> list[str] |
 
 
 def keypoint_scores_done(cfg: dict, work_dir: Path) -> bool:
-    """True unless ``cfg`` enables keypoint matching and ``<work_dir>/scores/keypoints/test.npz`` is missing (the
-    reuse test of the score step in scripts/demo.py and scripts/run_chain.py)."""
-    enabled = bool((cfg.get(MODEL) or {}).get("enabled", False))
+    """True unless ``cfg`` (a completed config) enables keypoint matching and
+    ``<work_dir>/scores/keypoints/test.npz`` is missing (the reuse test of the chain's score step)."""
+    enabled = cfg[MODEL]["enabled"]
     return not enabled or (Path(work_dir) / "scores" / MODEL / "test.npz").is_file()

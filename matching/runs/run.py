@@ -16,9 +16,9 @@ import yaml
 
 from data.cache import cache_key, read_cache
 from data.distributed import SINGLE, Shards, stack_npz_rows
-from data.errors import InputError
 from data.images import TEST_MARGIN
 from data.io import load_npz, save_npz
+from data.settings import Settings, check
 from siamese.infer import compute_features
 from siamese.schedule import parse_schedule
 
@@ -30,9 +30,12 @@ class Run:
     model: str
     fold: int
     run_dir: Path
-    config: dict
+    config: dict  # the run's config.yaml, completed with the schema's defaults (data/settings.py)
     checkpoint: Path
     size: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", check(self.config, Settings, self.run_dir / "config.yaml"))
 
 
 def discover_runs(runs_dir: Path, models: Sequence[str] | None = None) -> list[Run]:
@@ -73,9 +76,8 @@ def cached_features(encoder: torch.nn.Module, run: Run, names: Sequence[str], pa
 
     def write_part(path: Path) -> None:
         feats = compute_features(encoder, list(paths)[rows], list(boxes)[rows], run.size,
-                                 channels=int(mcfg.get("in_chans", 3)), batch=batch, device=device,
-                                 workers=workers,
-                                 max_megapixels=float(run.config.get("data", {}).get("max_megapixels", 60)),
+                                 channels=mcfg["in_chans"], batch=batch, device=device, workers=workers,
+                                 max_megapixels=run.config["data"]["max_megapixels"],
                                  desc=f"{run.model} fold{run.fold} {cache.stem}", flip_tta=tta == "flip")
         save_npz(path, features=feats, names=names[rows], key=np.asarray(key))
 
@@ -86,12 +88,7 @@ def cached_features(encoder: torch.nn.Module, run: Run, names: Sequence[str], pa
     return load_npz(cache)["features"]
 
 
-TTAS = ("none", "flip")
-
-
 def score_tta(config: dict) -> str:
-    """A run config's ``score.tta``: ``none``, or ``flip`` (features of the photo and its mirror averaged)."""
-    tta = str((config.get("score") or {}).get("tta", "none") or "none")
-    if tta not in TTAS:
-        raise InputError(None, f"score.tta must be one of {', '.join(TTAS)}, not {tta!r}")
-    return tta
+    """A (completed) run config's ``score.tta``: ``none``, or ``flip`` (features of the photo and its mirror
+    averaged)."""
+    return config["score"]["tta"]
