@@ -114,13 +114,13 @@ class Train:
     augment_strength: float = key(1.0, at_least=0.0)  # scales it (1.0: the 5th place's ranges)
     feature_batch: int = key(64, at_least=1)  # images per batch when computing features
     frozen_views: int = key(0, at_least=0)  # frozen branch: cached augmented views per photo
-    trainable_stages: int = key(0, at_least=0)  # fine-tune only the trunk's last stages on cached inputs
-    average_last: int = key(0, at_least=0)  # average the weights of the last epochs
+    trainable_stages: int = key(0, at_least=0)  # not built yet (the trainer refuses other values)
+    average_last: int = key(0, at_least=0)  # not built yet (the trainer refuses other values)
     val_mode: Literal["sum", "max"] = "sum"  # validation ranking: sum or best of a whale's photo scores
     validate_start: bool = False  # score the untrained model before the first epoch
     weight_decay: float = key(0.0, at_least=0.0)
     head_lr_mult: float = key(10.0, at_least=0.0)  # arcface: neck and margin head lr = this x the block's lr
-    neck_lr_mult: float = key(1.0, at_least=0.0)  # the neck's lr = this x the block's lr
+    neck_lr_mult: float = key(1.0, at_least=0.0)  # not built yet (the trainer refuses other values)
     warmup_epochs: float = key(0.0, at_least=0.0)  # arcface: linear warm-up at the start of each stage
     lr_schedule: Literal["cosine", "constant"] = "cosine"  # arcface: per block
     min_lr_factor: float = key(0.01, at_least=0.0)  # arcface: the cosine's end, x the block's lr
@@ -163,6 +163,31 @@ class Keypoints:
 
 
 @dataclass(frozen=True)
+class Shortlist:
+    """``local.shortlist:``, the pairs the learned matcher sees: each query's ``top`` catalog photos by ``by``."""
+
+    by: str | None = "mnn"  # mnn (the member's own mutual-NN count), a model name (scores/<by>/), null: every pair
+    top: int = key(20, at_least=1)  # at least the catalog size: every pair (brute force)
+
+
+@dataclass(frozen=True)
+class Local:
+    """``local:``, learned local features matched as one more untrained member (matching/runs/local_scores.py)."""
+
+    enabled: bool = False  # true: scripts/score_matrix.py also writes scores/<name>/{test,oof}.npz
+    name: str = "local"  # the member's name under scores/
+    extractor: Literal["aliked-n16", "aliked-n16rot", "disk"] = "aliked-n16"  # aliked-n16rot: any rotation
+    width: int = key(224, at_least=32)  # crop width in pixels (the height keeps the window's aspect)
+    max_keypoints: int = key(256, at_least=8)
+    margin: float = key(0.05, at_least=0.0)  # crop margin around the box (data.images.TEST_MARGIN)
+    matcher: Literal["mnn", "lightglue"] = "lightglue"  # mnn: mutual nearest neighbours over every pair
+    min_similarity: float = 0.0  # mnn: the cosine a mutual pair needs
+    min_confidence: float = key(0.2, at_least=0.0)  # lightglue: the confidence a match needs
+    batch: int = key(32, at_least=1)  # lightglue: pairs per forward pass
+    shortlist: Shortlist = section(Shortlist)
+
+
+@dataclass(frozen=True)
 class Postprocess:
     """``ensemble.postprocess:``, the column-wise pass (matching.ranking.postprocess.ColumnPass)."""
 
@@ -197,6 +222,7 @@ class Settings:
     loss: Loss = section(Loss)
     score: Score = section(Score)
     keypoints: Keypoints = section(Keypoints)
+    local: Local = section(Local)
     ensemble: Ensemble = section(Ensemble)
 
 

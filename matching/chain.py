@@ -27,6 +27,7 @@ from data.errors import InputError
 from data.settings import Settings, check
 from matching.ranking.ensemble import summary_lines
 from matching.runs.keypoint_scores import keypoint_scores_done
+from matching.runs.local_scores import local_scores_done
 
 ENSEMBLE_SUMMARY = Path("ensemble") / "summary.json"  # under --work-dir, written by scripts/final_ensemble.py
 
@@ -85,7 +86,8 @@ def demo_steps(config: Path, cfg: Mapping, data: Path, work: Path, folds: Sequen
                           lambda k=k: _run_complete(work / "runs" / model / f"fold{k}")))
     steps += [
         Step("score matrices", "score_matrix.py", [*common, "--models", model],
-             lambda: (work / "scores" / model / "test.npz").is_file() and keypoint_scores_done(cfg, work)),
+             lambda: (work / "scores" / model / "test.npz").is_file() and keypoint_scores_done(cfg, work)
+             and local_scores_done(cfg, work)),
         Step("ensemble", "final_ensemble.py", common),
         Step("review page", "report.py", common),
     ]
@@ -139,8 +141,9 @@ def build_steps(config: Path, cfg: Mapping, data: Path, work: Path) -> list[Step
                           lambda k=k: _run_complete(work / "runs" / model / f"fold{k}")))
     steps.append(Step("score matrices", "score_matrix.py", [*common, "--models", model],
                       lambda: all((scores / f"fold{k}_{p}.npz").is_file() for k in folds for p in ("test", "oof"))
-                      and (scores / "test.npz").is_file() and keypoint_scores_done(cfg, work)))
-    steps.append(Step("ensemble", "final_ensemble.py", common))
+                      and (scores / "test.npz").is_file() and keypoint_scores_done(cfg, work)
+                      and local_scores_done(cfg, work)))
+    steps.append(Step("ensemble", "final_ensemble.py", [*common, "--config", str(config)]))  # its ensemble:
     if (data / "truth.csv").is_file():
         steps.append(Step("evaluation", "evaluate.py",
                           ["--submission", str(work / "submission.csv"), "--truth", str(data / "truth.csv"),

@@ -19,6 +19,9 @@ embeddings of every embedding model of each fold as one more model, scores/NAME:
 Keypoint matching (SIFT + homography inliers, no training) adds the model scores/keypoints/{test,oof}.npz when
 a run's config enables it (keypoints.enabled, as configs/siamese/demo.yaml does) or with --keypoints on; its settings
 come from that config's keypoints section. --keypoints on with no trained runs scores with keypoints alone.
+
+Learned local matching (ALIKED or DISK features, mutual nearest neighbours, LightGlue on each query's shortlist;
+no training) adds scores/<local.name>/{test,oof}.npz the same way: local.enabled in a run's config, or --local on.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from data.distributed import from_env, local_device
 from data.errors import InputError
 from matching.runs.embedding import score_meta_embeddings
 from matching.runs.keypoint_scores import keypoint_settings, score_keypoints, validation_images
+from matching.runs.local_scores import local_settings, score_local
 from matching.runs.pipeline import combine_folds, score_run
 from matching.runs.run import discover_runs
 
@@ -49,12 +53,16 @@ def main() -> int:
     p.add_argument("--keypoints", choices=("auto", "on", "off"), default="auto",
                    help="keypoint matching (scores/keypoints): auto = when a run's config enables it "
                         "(default: %(default)s)")
+    p.add_argument("--local", choices=("auto", "on", "off"), default="auto",
+                   help="learned local matching (scores/<local.name>): auto = when a run's config enables it "
+                        "(default: %(default)s)")
     args = p.parse_args()
     runs_dir = args.runs or args.work_dir / "runs"
     runs = discover_runs(runs_dir, args.models)
-    if not runs and args.keypoints != "on":
+    if not runs and "on" not in (args.keypoints, args.local):
         raise InputError(runs_dir, "no trained runs (runs/<model>/fold<k>/config.yaml with the last stage's best.pt)")
     keypoints = keypoint_settings(runs, args.keypoints)
+    local = local_settings(runs, args.local, _cli.config_from(args).get("local"))  # --set local.* with --local on
     catalog = load_catalog(args.data_dir, need_test=True)
     folds_path = args.data_dir / "folds.csv"
     folds = read_folds(folds_path, catalog.train) if folds_path.is_file() else None
@@ -88,6 +96,14 @@ def main() -> int:
         for path in score_keypoints(catalog, val, args.work_dir, keypoints, shards=shards, log=say):
             say(f"  wrote {path}")
         say(f"  keypoint matching took {time.perf_counter() - kp_start:.0f} s")
+    if local is not None and shards.main:  # one process: the learned matchers are not split over ranks
+        local_start = time.perf_counter()
+        val = validation_images(folds, runs)
+        say(f"local matching ({local['extractor']}, {local['matcher']}): {len(val or [])} out-of-fold queries, "
+            f"{len(catalog.test_images)} test queries")
+        for path in score_local(catalog, val, args.work_dir, local, device=device, log=say):
+            say(f"  wrote {path}")
+        say(f"  local matching took {time.perf_counter() - local_start:.0f} s")
     shards.barrier()
     say(f"done in {time.perf_counter() - start:.0f} s" + (f" on {shards.world} processes" if shards.world > 1 else ""))
     return 0

@@ -30,6 +30,7 @@ from data.catalog import NEW_WHALE
 from data.checkpoint import load_checkpoint, save_checkpoint
 from data.device import needs_grad_scaler
 from data.distributed import SINGLE, Shards
+from data.errors import InputError
 from data.io import write_csv
 from data.settings import Settings, check
 from siamese.infer import compute_features
@@ -101,6 +102,9 @@ class FoldTrainer:
                  device: torch.device, log: Callable[[str], None] = print, shards: Shards = SINGLE):
         self.cfg = check(cfg, Settings)  # every key present: the defaults are the schema's (data/settings.py)
         self.tcfg = self.cfg["train"]
+        for name, off in (("trainable_stages", 0), ("average_last", 0), ("neck_lr_mult", 1.0)):
+            if self.tcfg[name] != off:  # in the schema for the runs that carry them, not built yet
+                raise InputError(None, f"train.{name} is not implemented yet; leave it at {off}")
         self.shards = shards
         self.model = model.to(device)
         # fp16 autocast (GPUs without bf16) underflows small gradients unless the loss is scaled

@@ -181,3 +181,14 @@ def test_compile_option_keeps_checkpoint_names_and_the_scaler_is_off_without_fp1
                                       torch.device("cpu"), log=lambda _: None)
     assert compiled.model.state_dict().keys() == plain.model.state_dict().keys()
     assert not compiled.scaler.is_enabled() and not plain.scaler.is_enabled()  # CPU: no fp16 autocast
+
+
+@pytest.mark.parametrize("key, value", [("trainable_stages", 2), ("average_last", 3), ("neck_lr_mult", 2.0)])
+def test_settings_not_built_yet_are_refused_not_ignored(tiny_catalog, tmp_path, key, value):
+    from data.errors import InputError
+
+    catalog = load_catalog(tiny_catalog, need_test=False)
+    train_df, val_df = fold_split(read_folds(tiny_catalog / "folds.csv"), 0, include_singletons=True)
+    cfg = {"model": dict(MODEL), "train": {"stages": STAGES, "workers": 0, key: value}}
+    with pytest.raises(InputError, match=f"train.{key} is not implemented"):
+        family_of(cfg).trainer(cfg, build_fold_data(catalog, train_df, val_df), tmp_path, torch.device("cpu"))

@@ -1,0 +1,174 @@
+"""Learned local matching as a member of the blend: ``scores/<local.name>/{test,oof}.npz``.
+
+Untrained, as the SIFT member (:mod:`matching.runs.keypoint_scores`): one test x catalog matrix and one
+out-of-fold matrix whose rows are the folds' validation photos (each against the whole catalog but itself).
+
+- ``local.matcher: mnn``: the mutual-nearest-neighbour count of every pair.
+- ``local.matcher: lightglue``: LightGlue's confident matches on each query's shortlist only
+  (``local.shortlist: {by, top}``): the top catalog photos by the member's own mutual-NN count (``by: mnn``),
+  by another member's score matrix (``by: <model>``, read from ``scores/<model>/``), or every pair
+  (``by: null``, or ``top`` at least the catalog size: brute force). Pairs outside the shortlist score 0
+  matches, the least a pair can score, so they never outrank a matched pair.
+
+Counts n become probabilities by a logistic on sqrt(n) fitted on the out-of-fold matrix (``calibration.csv``).
+When LightGlue's shortlist comes from the mutual-NN count, that count is written too, as the member
+``<local.name>_mnn``: the blend (or its tuned weights) can use both.
+Local features are cached per part under ``features/<local.name>/``, keyed by the photos' files, their boxes
+and the extractor's settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from data.catalog import NEW_WHALE
+from data.errors import InputError
+from data.io import write_csv
+from data.settings import Local, check
+from matching.matrix import ScoreMatrix, load_matrix, mask_self, save_matrix, self_pairs
+from matching.runs.keypoint_scores import FALLBACK_HALF, calibrate, to_probability
+from matching.similarity.local_features import LocalSet, LocalSettings, cached_local, load_extractor
+from matching.similarity.local_match import lightglue_counts, load_matcher, mnn_matrix, shortlist
+
+
+def member_counts(query: LocalSet, gallery: LocalSet, cfg: dict, **kwargs) -> dict[str, np.ndarray]:
+    """The [Q, G] counts of the member ``cfg["name"]`` and, when LightGlue's shortlist came from the mutual-NN
+    count, that count as the member ``<name>_mnn`` too (it was computed anyway)."""
+    return local_counts(query, gallery, cfg, both=True, **kwargs)
+
+
+def local_counts(query: LocalSet, gallery: LocalSet, cfg: dict, *, exclude_self: bool, base: np.ndarray | None = None,
+                 device: torch.device | str = "cpu", matcher=None, desc: str = "local", both: bool = False):
+    """[Q, G] match counts of the ``local:`` section ``cfg``; ``base``: the shortlist's score matrix when
+    ``shortlist.by`` names another member (rows and columns as ``query`` and ``gallery``). ``both``: a dict of
+    the members (see :func:`member_counts`)."""
+    mnn = None
+    if cfg["matcher"] == "mnn" or cfg["shortlist"]["by"] == "mnn":
+        mnn = mnn_matrix(query, gallery, min_similarity=cfg["min_similarity"], exclude_self=exclude_self,
+                         desc=f"{desc} mutual NN")
+    if cfg["matcher"] == "mnn":
+        return {cfg["name"]: mnn} if both else mnn
+    top = cfg["shortlist"]["top"]
+    if cfg["shortlist"]["by"] is None or top >= len(gallery):
+        base = np.zeros((len(query), len(gallery)), np.float32)
+        top = len(gallery)
+    elif cfg["shortlist"]["by"] == "mnn":
+        base = mnn
+    elif base is None:
+        raise InputError(None, f"local.shortlist.by: {cfg['shortlist']['by']!r} gave no score matrix")
+    base = np.asarray(base, np.float32).copy()
+    names = {str(n): j for j, n in enumerate(gallery.names)}
+    self_cols = [(i, names[str(n)]) for i, n in enumerate(query.names) if str(n) in names] if exclude_self else []
+    for i, j in self_cols:
+        base[i, j] = -np.inf
+    cols = shortlist(base, top)
+    pairs = np.stack([np.repeat(np.arange(len(query)), cols.shape[1]), cols.ravel()], 1)
+    if self_cols:
+        bad = {(i, j) for i, j in self_cols}
+        pairs = pairs[[tuple(p) not in bad for p in pairs.tolist()]]
+    matcher = matcher or load_matcher(cfg["extractor"], device)
+    counts = lightglue_counts(matcher, query, gallery, pairs, min_confidence=cfg["min_confidence"],
+                              batch=cfg["batch"], device=device, desc=f"{desc} LightGlue")
+    out = np.zeros((len(query), len(gallery)), np.float32)
+    out[pairs[:, 0], pairs[:, 1]] = counts
+    if not both:
+        return out
+    return {cfg["name"]: out, **({f"{cfg['name']}_mnn": mnn} if mnn is not None else {})}
+
+
+def _aligned(path: Path, query: Sequence[str], gallery: Sequence[str]) -> np.ndarray:
+    """The rows ``query`` and columns ``gallery`` of the score matrix at ``path``."""
+    m = load_matrix(path)
+    rows = {str(n): i for i, n in enumerate(m.query)}
+    cols = {str(n): j for j, n in enumerate(m.gallery)}
+    absent = [n for n in query if n not in rows] + [n for n in gallery if n not in cols]
+    if absent:
+        raise InputError(path, f"does not hold every photo the local member scores (first missing: {absent[0]})")
+    return m.scores[np.ix_([rows[n] for n in query], [cols[n] for n in gallery])]
+
+
+def score_local(catalog, val_names: Sequence[str] | None, work_dir: Path, cfg: dict, *,
+                device: torch.device | str = "cpu", max_megapixels: float = 60.0, log=print) -> list[Path]:
+    """Write ``scores/<name>/oof.npz`` + ``calibration.csv`` (given validation photos) and ``test.npz`` for the
+    completed ``local:`` section ``cfg``."""
+    name = cfg["name"]
+    feat_dir, out_dir = Path(work_dir) / "features" / name, Path(work_dir) / "scores" / name
+    by = cfg["shortlist"]["by"]
+    other = None if cfg["matcher"] == "mnn" or by in (None, "mnn") else Path(work_dir) / "scores" / by
+    settings = LocalSettings.from_section(cfg)
+    known_df = catalog.train[catalog.train["Id"] != NEW_WHALE]
+    known, labels = known_df["Image"].tolist(), known_df["Id"].tolist()
+    truth = dict(zip(catalog.train["Image"], catalog.train["Id"]))
+
+    @cache
+    def extractor():
+        return load_extractor(settings.extractor, settings.max_keypoints, device)
+
+    def features(names, path_of, part) -> LocalSet:
+        return cached_local(feat_dir / f"{part}.npz", extractor, [path_of(n) for n in names],
+                            [catalog.box(n) for n in names], names, settings, device=device,
+                            max_megapixels=max_megapixels, desc=f"{name} {part}")
+
+    gallery = features(known, catalog.train_path, "catalog")
+    matcher = None if cfg["matcher"] == "mnn" else load_matcher(settings.extractor, device)
+    calibs: dict[str, object] = {}
+    written = []
+    if val_names:
+        val_names = [str(n) for n in val_names]
+        index = {str(n): i for i, n in enumerate(gallery.names)}
+        extra_names = [n for n in val_names if n not in index]  # new_whale photos: the rest are in the catalog
+        both = LocalSet.concat([gallery, features(extra_names, catalog.train_path, "oof_extra")])
+        where = {**index, **{n: len(gallery) + i for i, n in enumerate(extra_names)}}
+        query = both.take(np.asarray([where[n] for n in val_names], dtype=np.int64))
+        base = None if other is None else _aligned(other / "oof.npz", val_names, known)
+        keep = ~self_pairs(val_names, known)
+        for member, counts in member_counts(query, gallery, cfg, exclude_self=True, base=base, device=device,
+                                            matcher=matcher, desc=f"{name} oof").items():
+            calibs[member] = calib = calibrate(counts, [truth[n] for n in val_names], labels, keep)
+            oof = mask_self(ScoreMatrix(to_probability(counts, calib), np.asarray(val_names, dtype=str),
+                                        np.asarray(known, dtype=str)))
+            member_dir = Path(work_dir) / "scores" / member
+            written.append(save_matrix(member_dir / "oof.npz", oof))
+            written.append(write_csv(pd.DataFrame([{"a": calib.a, "b": calib.b, "on": "sqrt(matches)",
+                                                    "pairs": int(keep.sum())}]), member_dir / "calibration.csv"))
+    else:
+        for stale in ("oof.npz", "calibration.csv"):
+            (out_dir / stale).unlink(missing_ok=True)
+        log(f"  note: no out-of-fold matrix to calibrate the {name} scores on; p = n / (n + {FALLBACK_HALF:g})")
+    if catalog.test_images:
+        test = features(catalog.test_images, catalog.test_path, "test")
+        base = None if other is None else _aligned(other / "test.npz", catalog.test_images, known)
+        for member, counts in member_counts(test, gallery, cfg, exclude_self=False, base=base, device=device,
+                                            matcher=matcher, desc=f"{name} test").items():
+            matrix = ScoreMatrix(to_probability(counts, calibs.get(member)),
+                                 np.asarray(catalog.test_images, dtype=str), np.asarray(known, dtype=str))
+            written.insert(0, save_matrix(Path(work_dir) / "scores" / member / "test.npz", matrix))
+    return written
+
+
+def local_settings(runs: Sequence, switch: str = "auto", source_cfg: dict | None = None) -> dict | None:
+    """The completed ``local:`` section to score with: the first run whose config enables it (``switch`` auto),
+    that of the first run, or ``source_cfg``'s, or the defaults (on); None when off or nothing enables it."""
+    if switch not in ("auto", "on", "off"):
+        raise ValueError(f"switch must be auto, on or off, not {switch!r}")
+    if switch == "off":
+        return None
+    sections = [run.config["local"] for run in runs]
+    for section in sections:
+        if section["enabled"]:
+            return section
+    if switch == "on":
+        return sections[0] if sections else check(dict(source_cfg or {}), Local, path="local")
+    return None
+
+
+def local_scores_done(cfg: dict, work_dir: Path) -> bool:
+    """True unless ``cfg`` (a completed config) enables local matching and its ``test.npz`` is missing (the
+    reuse test of the chain's score step)."""
+    return not cfg["local"]["enabled"] or (Path(work_dir) / "scores" / cfg["local"]["name"] / "test.npz").is_file()

