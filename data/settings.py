@@ -183,7 +183,7 @@ class Local:
     matcher: Literal["mnn", "lightglue"] = "lightglue"  # mnn: mutual nearest neighbours over every pair
     min_similarity: float = 0.0  # mnn: the cosine a mutual pair needs
     min_confidence: float = key(0.2, at_least=0.0)  # lightglue: the confidence a match needs
-    batch: int = key(32, at_least=1)  # lightglue: pairs per forward pass
+    batch: int = key(1, at_least=1)  # lightglue: pairs per forward pass (1 on a CPU: each pair stops early on its own)
     shortlist: Shortlist = section(Shortlist)
 
 
