@@ -205,6 +205,8 @@ class Ensemble:
 
     weights: dict[str, float] | None = None  # by run name; null: every model found, equal weights
     tune_weights: bool = False  # choose the weights on the out-of-fold matrices
+    fusion: Literal["weighted", "mean_calibrated"] = "weighted"  # mean_calibrated: each member calibrated first
+    calibration: Literal["isotonic", "logistic"] = "isotonic"  # mean_calibrated: the map fitted out of fold
     mode: Literal["sum", "max"] = "sum"  # whales ranked by the sum of their image scores, or the best one
     new_whale_share: float | None = None  # without out-of-fold matrices: new_whale share at rank 1
     postprocess: Postprocess = section(Postprocess)

@@ -14,16 +14,15 @@ import yaml
 from data.catalog import load_catalog, read_folds
 from data.checkpoint import load_checkpoint
 from data.errors import InputError
-from data.folds import fold_split
 from matching.matrix import load_matrix
 from matching.runs.embedding import score_meta
 from matching.runs.pipeline import combine_folds, score_run
 from matching.runs.run import discover_runs
 from matching.similarity.cosine import cosine_matrix
-from siamese.families import family_of
 from siamese.objectives.margin import Flipped, MarginObjective
 from siamese.schedule import Position
-from siamese.trainer import FoldTrainer, build_fold_data
+from siamese.trainer import FoldTrainer
+from tests.fold_runs import assert_same_weights, deterministic, fold_trainer, killed_then_resumed
 
 CFG = {
     "model": {"name": "tinyarc", "family": "arcface", "branch": "test_efficientnet", "in_chans": 3, "pool": "gem",
@@ -40,20 +39,7 @@ CFG = {
 
 
 def make_trainer(catalog_dir, run_dir, cfg=CFG) -> FoldTrainer:
-    catalog = load_catalog(catalog_dir, need_test=False)
-    train_df, val_df = fold_split(read_folds(catalog_dir / "folds.csv"), 0, include_singletons=True)
-    torch.manual_seed(0)
-    cfg = yaml.safe_load(yaml.safe_dump(cfg))
-    return family_of(cfg).trainer(cfg, build_fold_data(catalog, train_df, val_df), run_dir, torch.device("cpu"),
-                                  log=lambda _: None)
-
-
-class Killed(Exception):
-    pass
-
-
-def deterministic(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows.drop(columns=["seconds"]).reset_index(drop=True)
+    return fold_trainer(catalog_dir, run_dir, yaml.safe_load(yaml.safe_dump(cfg)))
 
 
 @pytest.fixture(scope="module")
@@ -78,28 +64,13 @@ def test_every_block_is_validated_and_each_stage_keeps_its_best(unbroken):
 
 def test_a_killed_run_resumed_ends_with_the_same_weights_and_metrics(unbroken, tiny_catalog, tmp_path, monkeypatch):
     run_dir, metrics = unbroken
-    original = FoldTrainer.run_epoch
-    calls = {"n": 0}
-
-    def dying(self, pos):
-        calls["n"] += 1
-        if calls["n"] == 4:  # the first epoch of the 40 px stage
-            raise Killed
-        return original(self, pos)
-
-    monkeypatch.setattr(FoldTrainer, "run_epoch", dying)
-    with pytest.raises(Killed):
-        make_trainer(tiny_catalog, tmp_path).fit()
-    monkeypatch.setattr(FoldTrainer, "run_epoch", original)
-    assert not (tmp_path / "40px" / "best.pt").exists()
-    resumed = make_trainer(tiny_catalog, tmp_path).fit(resume=True)
+    # killed at the first epoch of the 40 px stage (the 4th)
+    resumed = killed_then_resumed(lambda d: make_trainer(tiny_catalog, d), tmp_path, monkeypatch, kill_at=4)
     pd.testing.assert_frame_equal(deterministic(resumed), deterministic(metrics))
     for size in (32, 40):
-        a = load_checkpoint(run_dir / f"{size}px" / "last.pt")
-        b = load_checkpoint(tmp_path / f"{size}px" / "last.pt")
-        assert a["classes"] == b["classes"]
-        for key in a["model"]:
-            torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
+        a, b = run_dir / f"{size}px" / "last.pt", tmp_path / f"{size}px" / "last.pt"
+        assert load_checkpoint(a)["classes"] == load_checkpoint(b)["classes"]
+        assert_same_weights(a, b)
 
 
 def test_resume_refuses_a_run_of_other_classes(unbroken, tiny_catalog, tmp_path):

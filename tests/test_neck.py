@@ -8,13 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from data.catalog import load_catalog, read_folds
-from data.checkpoint import load_checkpoint
-from data.folds import fold_split
-from siamese.families import family_of
+from data.catalog import load_catalog
 from siamese.model import build_model
 from siamese.objectives.pairs import frozen_view_rounds
-from siamese.trainer import FoldTrainer, build_fold_data
+from siamese.trainer import FoldTrainer
+from tests.fold_runs import assert_same_weights, deterministic, fold_trainer, killed_then_resumed
 
 MODEL = {"name": "tiny_neck", "branch": "test_efficientnet", "in_chans": 3, "pool": "max", "pretrained": False,
          "weights": None, "head_hidden": 8, "neck": {"dim": 16, "dropout": 0.1}}
@@ -23,13 +21,9 @@ FROZEN = [{"size": 32, "blocks": [{"epochs": 3, "lr": 3e-3, "K": 1000, "freeze_b
 
 
 def make_trainer(catalog_dir, run_dir, stages=FROZEN, views: int = 2) -> FoldTrainer:
-    catalog = load_catalog(catalog_dir, need_test=False)
-    train_df, val_df = fold_split(read_folds(catalog_dir / "folds.csv"), 0, include_singletons=True)
-    cfg = {"model": dict(MODEL), "train": {"seed": 5, "stages": stages, "workers": 0, "feature_batch": 16,
-                                           "sparse_k": None, "frozen_views": views, "augment_strength": 0.5}}
-    torch.manual_seed(0)
-    return family_of(cfg).trainer(cfg, build_fold_data(catalog, train_df, val_df), run_dir, torch.device("cpu"),
-                                  log=lambda _: None)
+    return fold_trainer(catalog_dir, run_dir, {"model": dict(MODEL), "train": {
+        "seed": 5, "stages": stages, "workers": 0, "feature_batch": 16, "sparse_k": None, "frozen_views": views,
+        "augment_strength": 0.5}})
 
 
 def test_the_neck_sits_between_branch_and_head():
@@ -79,28 +73,10 @@ def test_an_epoch_pairs_every_pair_once_per_view_round():
 
 def test_a_killed_neck_run_resumed_ends_with_the_same_weights(unbroken, tiny_catalog, tmp_path, monkeypatch):
     run_dir, metrics, _, _, _ = unbroken
-    original = FoldTrainer.run_epoch
-    calls = {"n": 0}
-
-    class Killed(Exception):
-        pass
-
-    def dying(self, pos):
-        calls["n"] += 1
-        if calls["n"] == 5:  # the second epoch of the hard-negative block
-            raise Killed
-        return original(self, pos)
-
-    monkeypatch.setattr(FoldTrainer, "run_epoch", dying)
-    with pytest.raises(Killed):
-        make_trainer(tiny_catalog, tmp_path).fit()
-    monkeypatch.setattr(FoldTrainer, "run_epoch", original)
-    resumed = make_trainer(tiny_catalog, tmp_path).fit(resume=True)
-    pd.testing.assert_frame_equal(resumed.drop(columns=["seconds"]), metrics.drop(columns=["seconds"]))
-    a = load_checkpoint(run_dir / "32px" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "32px" / "last.pt")["model"]
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    # killed at the second epoch of the hard-negative block (the 5th)
+    resumed = killed_then_resumed(lambda d: make_trainer(tiny_catalog, d), tmp_path, monkeypatch, kill_at=5)
+    pd.testing.assert_frame_equal(deterministic(resumed), deterministic(metrics))
+    assert_same_weights(run_dir / "32px" / "last.pt", tmp_path / "32px" / "last.pt")
 
 
 def test_flip_tta_averages_the_photo_and_its_mirror(tiny_catalog):

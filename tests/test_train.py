@@ -13,6 +13,7 @@ from data.folds import fold_split
 from siamese.families import family_of
 from siamese.schedule import Position
 from siamese.trainer import FoldTrainer, build_fold_data
+from tests.fold_runs import assert_same_weights, deterministic, fold_trainer, killed_then_resumed
 
 MODEL = {"name": "tiny", "branch": "test_efficientnet", "in_chans": 3, "pool": "max", "pretrained": False,
          "weights": None, "head_hidden": 8}
@@ -24,21 +25,8 @@ STAGES = [
 
 
 def make_trainer(catalog_dir, run_dir, **model) -> FoldTrainer:
-    catalog = load_catalog(catalog_dir, need_test=False)
-    train_df, val_df = fold_split(read_folds(catalog_dir / "folds.csv"), 0, include_singletons=True)
-    cfg = {"model": dict(MODEL, **model), "train": {"seed": 3, "stages": STAGES, "workers": 0, "feature_batch": 16,
-                                                    "sparse_k": None}}
-    torch.manual_seed(0)
-    return family_of(cfg).trainer(cfg, build_fold_data(catalog, train_df, val_df), run_dir, torch.device("cpu"),
-                                  log=lambda _: None)
-
-
-class Killed(Exception):
-    pass
-
-
-def deterministic(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows.drop(columns=["seconds"]).reset_index(drop=True)
+    return fold_trainer(catalog_dir, run_dir, {"model": dict(MODEL, **model), "train": {
+        "seed": 3, "stages": STAGES, "workers": 0, "feature_batch": 16, "sparse_k": None}})
 
 
 @pytest.fixture(scope="module")
@@ -64,28 +52,11 @@ def test_every_block_is_validated_and_each_stage_keeps_its_best(unbroken):
 
 def test_a_killed_run_resumed_ends_with_the_same_weights_and_metrics(unbroken, tiny_catalog, tmp_path, monkeypatch):
     run_dir, metrics = unbroken
-    trainer = make_trainer(tiny_catalog, tmp_path)
-    original = FoldTrainer.run_epoch
-    calls = {"n": 0}
-
-    def dying(self, pos):
-        calls["n"] += 1
-        if calls["n"] == 5:  # the second epoch of the 40 px stage
-            raise Killed
-        return original(self, pos)
-
-    monkeypatch.setattr(FoldTrainer, "run_epoch", dying)
-    with pytest.raises(Killed):
-        trainer.fit()
-    monkeypatch.setattr(FoldTrainer, "run_epoch", original)
-    assert not (tmp_path / "40px" / "best.pt").exists()
-    resumed = make_trainer(tiny_catalog, tmp_path).fit(resume=True)
+    # killed at the second epoch of the 40 px stage (the 5th), before that stage's first validation
+    resumed = killed_then_resumed(lambda d: make_trainer(tiny_catalog, d), tmp_path, monkeypatch, kill_at=5)
     pd.testing.assert_frame_equal(deterministic(resumed), deterministic(metrics))
     for size in (32, 40):
-        a = load_checkpoint(run_dir / f"{size}px" / "last.pt")["model"]
-        b = load_checkpoint(tmp_path / f"{size}px" / "last.pt")["model"]
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+        assert_same_weights(run_dir / f"{size}px" / "last.pt", tmp_path / f"{size}px" / "last.pt")
 
 
 def test_a_frozen_block_trains_the_head_and_leaves_the_branch_alone(tiny_catalog, tmp_path):

@@ -7,13 +7,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from data.catalog import NEW_WHALE
 from data.errors import InputError
-from matching.matrix import ScoreMatrix, align, blend, load_matrix, save_matrix
+from matching.matrix import ScoreMatrix, align, blend, load_matrix, mask_self, save_matrix, self_pairs
 from matching.metrics import map_at_5
 from matching.ranking.blend_weights import MAX_MODELS, tune_weights
 from matching.ranking.postprocess import ColumnPass, apply_column_pass, column_pass_effect
 from matching.ranking.rank import DEFAULT_NEW_WHALE_SHARE, rank_queries, threshold_for_new_whale_share, tune_threshold
+from matching.similarity.calibration import fit_isotonic, fit_logistic, same_whale
 
 
 @dataclass
@@ -63,20 +66,52 @@ def _truth_of(matrix: ScoreMatrix, labels: Mapping[str, str]) -> list[str]:
     return _labels_of(matrix.query, labels, matrix.source, "out-of-fold")
 
 
+def calibrate_members(tests: list[ScoreMatrix], oofs: list[ScoreMatrix], labels: Mapping[str, str],
+                      method: str = "isotonic") -> tuple[list[ScoreMatrix], list[ScoreMatrix]]:
+    """Every member's scores mapped to same-whale probabilities (WildFusion's fusion input), fitted out of fold:
+    a test matrix through the map fitted on all of its member's out-of-fold pairs, an out-of-fold matrix
+    cross-fitted (the map of its even query rows applied to its odd rows and the other way round), so that
+    out-of-fold MAP@5 never sees a map fitted on its own rows. Self pairs stay 0."""
+    fit = fit_isotonic if method == "isotonic" else fit_logistic
+    out_tests, out_oofs = [], []
+    for test, oof in zip(tests, oofs):
+        truth = same_whale(_truth_of(oof, labels), _labels_of(oof.gallery, labels, oof.source, "catalog"))
+        keep = ~self_pairs(oof.query, oof.gallery)
+        halves = np.arange(len(oof.query)) % 2
+        mapped = np.zeros_like(oof.scores)
+        for h in (0, 1):
+            train = keep & (halves != h)[:, None]
+            if not truth[train].any():
+                train = keep  # too few rows to split: the whole out-of-fold matrix
+            mapped[halves == h] = fit(oof.scores[train], truth[train])(oof.scores[halves == h])
+        out_oofs.append(mask_self(ScoreMatrix(mapped, oof.query, oof.gallery, oof.source)))
+        whole = fit(oof.scores[keep], truth[keep])
+        out_tests.append(ScoreMatrix(whole(test.scores), test.query, test.gallery, test.source))
+    return out_tests, out_oofs
+
+
 def run_ensemble(scores_dir: Path, models: Sequence[str], weights: Mapping[str, float], labels: Mapping[str, str],
                  *, mode: str = "sum", post: ColumnPass | None = None, post_auto: bool = False,
-                 new_whale_share: float | None = None, tune: bool = False) -> EnsembleResult:
+                 new_whale_share: float | None = None, tune: bool = False, fusion: str = "weighted",
+                 calibration: str = "isotonic") -> EnsembleResult:
     """Blend ``scores/<model>/{test,oof}.npz``; the threshold comes from the blended OOF matrix (else a share).
 
     With ``post_auto`` the column-wise pass is applied to the test ranking only where it raised the
     out-of-fold MAP@5. With ``tune`` the weights are chosen on the out-of-fold matrices
-    (:func:`matching.ranking.blend_weights.tune_weights`) instead of taken from the config."""
+    (:func:`matching.ranking.blend_weights.tune_weights`) instead of taken from the config. With ``fusion:
+    mean_calibrated`` every member is first mapped to probabilities out of fold (:func:`calibrate_members`,
+    isotonic or logistic), then blended by the same weights."""
     post = post or ColumnPass()
     chosen, note = choose_weights(models, weights)
     notes = [note] if note else []
     tests = [load_matrix(scores_dir / m / "test.npz") for m in chosen]
     oof_paths = [scores_dir / m / "oof.npz" for m in chosen]
     oofs = [load_matrix(p) for p in oof_paths] if all(p.is_file() for p in oof_paths) else None
+    if fusion == "mean_calibrated":
+        if oofs is None:
+            raise InputError(oof_paths[0].parent, "ensemble.fusion: mean_calibrated needs every member's oof.npz")
+        tests, oofs = calibrate_members(tests, oofs, labels, calibration)
+        notes.append(f"fusion: every member's scores calibrated ({calibration}, out of fold), then blended")
     if tune and oofs is not None and 1 < len(chosen) <= MAX_MODELS:
         tuned, _ = tune_weights([align(o, oofs[0]) for o in oofs],
                                 _labels_of(oofs[0].gallery, labels, oofs[0].source, "catalog"),
@@ -153,7 +188,8 @@ def ensemble_from_config(scores_dir: Path, models: Sequence[str], cfg: Mapping, 
     auto = post_cfg["enabled"] == "auto"
     post = ColumnPass(**dict(post_cfg, enabled=bool(post_cfg["enabled"])))
     return run_ensemble(scores_dir, models, cfg["weights"], labels, mode=cfg["mode"], post=post, post_auto=auto,
-                        new_whale_share=cfg["new_whale_share"], tune=cfg["tune_weights"])
+                        new_whale_share=cfg["new_whale_share"], tune=cfg["tune_weights"], fusion=cfg["fusion"],
+                        calibration=cfg["calibration"])
 
 
 def ensemble_summary(result: EnsembleResult, test_map5: float | None = None, truth: str | None = None) -> dict:

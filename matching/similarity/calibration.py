@@ -68,3 +68,40 @@ def same_whale(query_labels: Sequence[str], gallery_labels: Sequence[str]) -> np
     q = np.asarray(query_labels, dtype=str)[:, None]
     g = np.asarray(gallery_labels, dtype=str)[None, :]
     return (q == g) & (q != NEW_WHALE)
+
+
+@dataclass(frozen=True)
+class Isotonic:
+    """A monotone (non-decreasing) map from raw scores to probabilities, linear between its knots."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __call__(self, scores: np.ndarray) -> np.ndarray:
+        return np.interp(np.asarray(scores, dtype=np.float64), self.x, self.y).astype(np.float32)
+
+
+def fit_isotonic(scores: np.ndarray, positive: np.ndarray, *, bins: int = 512) -> Isotonic:
+    """Class-balanced isotonic regression of ``positive`` on ``scores`` (WildFusion's calibration): the pairs
+    sorted by score in up to ``bins`` quantile groups, the groups' balanced positive rates made monotone by
+    scipy's pool-adjacent-violators (``scipy.optimize.isotonic_regression``)."""
+    from scipy.optimize import isotonic_regression
+
+    x = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(positive, dtype=bool).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"{x.size} scores but {y.size} labels")
+    if y.all() or not y.any():
+        raise InputError(None, "the out-of-fold matrix needs both matching and non-matching pairs to calibrate")
+    w = np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum())
+    order = np.argsort(x, kind="stable")
+    x, y, w = x[order], y[order], w[order]
+    groups = np.minimum((np.arange(len(x)) * bins) // len(x), bins - 1)
+    # pairs of one raw score stay in one group (a map is a function of the score)
+    groups = np.maximum.accumulate(np.where(np.r_[True, np.diff(x) > 0], groups, 0))
+    _, start = np.unique(groups, return_index=True)
+    weight = np.add.reduceat(w, start)
+    rate = np.add.reduceat(w * y, start) / weight
+    centre = np.add.reduceat(w * x, start) / weight
+    fitted = isotonic_regression(rate, weights=weight, increasing=True).x
+    return Isotonic(centre, fitted)

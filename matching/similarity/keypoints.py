@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -27,47 +27,38 @@ from tqdm import tqdm
 from data import cache as data_cache
 from data.distributed import SINGLE, Shards
 from data.errors import InputError
-from data.images import TEST_MARGIN, load_crop
+from data.images import load_crop
 from data.io import load_npz, save_npz
+from data.settings import Keypoints as KeypointSection
+from data.settings import check
 
 DESCRIPTOR_DIM = 128
 
 
+_DEFAULTS = check({}, KeypointSection, path="keypoints")  # the defaults live in the schema (data/settings.py)
+
+
 @dataclass(frozen=True)
 class KeypointSettings:
-    """The ``keypoints:`` section of a config (every key optional)."""
+    """The ``keypoints:`` section of a config as typed settings (defaults: :class:`data.settings.Keypoints`)."""
 
-    enabled: bool = False
-    width: int = 256  # crop width in pixels; the height keeps the crop window's aspect (2.15:1 around a box)
-    max_keypoints: int = 300  # the strongest SIFT keypoints kept per image
-    clahe: float = 2.0  # CLAHE clip limit on the grey crop (0: off)
-    ratio: float = 0.8  # Lowe's ratio test
-    min_matches: int = 8  # fewer ratio-test matches: score 0 without a homography fit
-    ransac_px: float = 5.0  # inlier distance of the homography fit, in pixels of the crop
-    margin: float = TEST_MARGIN
-    chunk: int = 1024  # catalog keypoints per matrix product
+    enabled: bool = _DEFAULTS["enabled"]
+    width: int = _DEFAULTS["width"]  # crop width in pixels; the height keeps the crop window's aspect
+    max_keypoints: int = _DEFAULTS["max_keypoints"]  # the strongest SIFT keypoints kept per image
+    clahe: float = _DEFAULTS["clahe"]  # CLAHE clip limit on the grey crop (0: off)
+    ratio: float = _DEFAULTS["ratio"]  # Lowe's ratio test
+    min_matches: int = _DEFAULTS["min_matches"]  # fewer ratio-test matches: score 0 without a homography fit
+    ransac_px: float = _DEFAULTS["ransac_px"]  # inlier distance of the homography fit, in pixels of the crop
+    margin: float = _DEFAULTS["margin"]
+    chunk: int = _DEFAULTS["chunk"]  # catalog keypoints per matrix product
 
     @classmethod
     def from_config(cls, section: dict | None, source: str | None = None) -> KeypointSettings:
-        if section is None:
-            section = {}
-        if not isinstance(section, dict):
+        """Settings from a (partial) section: keys and types checked by the schema, then the ranges here."""
+        if section is not None and not isinstance(section, dict):
             raise InputError(source, f"keypoints: expected a mapping of settings, got {section!r}")
-        known = {f.name: type(f.default) for f in fields(cls)}
-        unknown = sorted(set(section) - set(known))
-        if unknown:
-            raise InputError(source, f"keypoints: unknown setting(s) {', '.join(unknown)}")
-        values = {}
-        for name, value in section.items():
-            kind = known[name]
-            ok = (isinstance(value, bool) if kind is bool
-                  else isinstance(value, int) and not isinstance(value, bool) if kind is int
-                  else isinstance(value, (int, float)) and not isinstance(value, bool))
-            if not ok:
-                wanted = "true or false" if kind is bool else kind.__name__
-                raise InputError(source, f"keypoints: {name} must be {wanted}, got {value!r}")
-            values[name] = kind(value)
-        s = cls(**values)
+        values = check(dict(section or {}), KeypointSection, source, path="keypoints")
+        s = cls(**{k: float(v) if isinstance(_DEFAULTS[k], float) else v for k, v in values.items()})
         checks = [(s.width >= 32, "width must be at least 32"), (s.max_keypoints >= 4, "max_keypoints must be >= 4"),
                   (s.clahe >= 0, "clahe must be >= 0"), (0 < s.ratio <= 1, "ratio must be in (0, 1]"),
                   (s.min_matches >= 4, "min_matches must be >= 4 (a homography needs 4 points)"),
