@@ -208,7 +208,7 @@ class Ensemble:
     fusion: Literal["weighted", "mean_calibrated"] = "weighted"  # mean_calibrated: each member calibrated first
     calibration: Literal["isotonic", "logistic"] = "isotonic"  # mean_calibrated: the map fitted out of fold
     mode: Literal["sum", "max"] = "sum"  # whales ranked by the sum of their image scores, or the best one
-    new_whale_share: float | None = None  # without out-of-fold matrices: new_whale share at rank 1
+    new_whale_share: float | None = None  # no OOF: new_whale share at rank 1; OOF without new_whale: held-out share
     postprocess: Postprocess = section(Postprocess)
 
 

@@ -84,7 +84,7 @@ def test_test_truth_must_cover_every_query(scores_dir):
         map5_against(result, truth, "truth.csv")
 
 
-def test_out_of_fold_truth_without_new_whale_falls_back_to_the_share(scores_dir):
+def test_out_of_fold_truth_without_new_whale_holds_individuals_out_whole(scores_dir):
     path, labels, truth = scores_dir
     known_only = {q: w for q, w in labels.items() if w != "new_whale"}
     for model in ("good", "weak"):
@@ -93,6 +93,19 @@ def test_out_of_fold_truth_without_new_whale_falls_back_to_the_share(scores_dir)
         save_matrix(path / model / "oof.npz", ScoreMatrix(oof.scores[keep], oof.query[keep], oof.gallery))
     result = run_ensemble(path, ["good"], {"good": 1.0}, known_only, new_whale_share=0.25)
     assert result.oof_map5 == pytest.approx(1.0)  # tuned alone, the threshold would never put new_whale first
-    assert any("holds no new_whale" in n for n in result.notes)
-    assert sum(r[0] == "new_whale" for r in result.ranked) == 2
+    assert any("holds no new_whale" in n and "held out whole" in n for n in result.notes)
+    # the held-out individuals' queries showed where unknown animals score: the test's new_whale photos are found
     assert map5_against(result, truth, "truth.csv") == pytest.approx(1.0)
+
+
+def test_holdout_threshold_separates_known_from_held_out_individuals():
+    from matching.ranking.rank import holdout_threshold
+
+    rng = np.random.default_rng(0)
+    gallery = np.repeat([f"w{k}" for k in range(20)], 2)
+    truth = np.repeat([f"w{k}" for k in range(20)], 3)
+    scores = rng.uniform(0.0, 0.3, (len(truth), len(gallery)))
+    scores[truth[:, None] == gallery[None, :]] = rng.uniform(0.7, 1.0, (len(truth), 2)).ravel()
+    threshold, map5, held = holdout_threshold(scores, gallery, truth, share=0.3)
+    assert 0.3 <= threshold <= 0.7 and map5 == pytest.approx(1.0)
+    assert held == 6  # 3 queries each: 6 individuals make 30% of the 60 rows

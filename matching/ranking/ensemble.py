@@ -15,7 +15,13 @@ from matching.matrix import ScoreMatrix, align, blend, load_matrix, mask_self, s
 from matching.metrics import map_at_5
 from matching.ranking.blend_weights import MAX_MODELS, tune_weights
 from matching.ranking.postprocess import ColumnPass, apply_column_pass, column_pass_effect
-from matching.ranking.rank import DEFAULT_NEW_WHALE_SHARE, rank_queries, threshold_for_new_whale_share, tune_threshold
+from matching.ranking.rank import (
+    DEFAULT_NEW_WHALE_SHARE,
+    holdout_threshold,
+    rank_queries,
+    threshold_for_new_whale_share,
+    tune_threshold,
+)
 from matching.similarity.calibration import fit_isotonic, fit_logistic, same_whale
 
 
@@ -140,9 +146,11 @@ def run_ensemble(scores_dir: Path, models: Sequence[str], weights: Mapping[str, 
         if post_auto and post.enabled and oof_post <= oof_map5:
             post = replace(post, enabled=False)
             notes.append("column pass left out of the submission: it did not raise the out-of-fold MAP@5")
-        if NEW_WHALE not in truth:  # a catalog of known whales only: OOF tuning would never say new_whale
-            threshold = _share_threshold(test, whales, new_whale_share, mode, notes,
-                                         "the out-of-fold truth holds no new_whale")
+        if NEW_WHALE not in truth:  # a catalog of known whales only: hold individuals out to play new_whale
+            share = DEFAULT_NEW_WHALE_SHARE if new_whale_share is None else new_whale_share
+            threshold, held_map5, held = holdout_threshold(oof.scores, oof_whales, truth, share=share, mode=mode)
+            notes.append(f"the out-of-fold truth holds no new_whale: threshold tuned with {held} individuals held "
+                         f"out whole (their queries {share:.1%} of the rows play new_whale; MAP@5 {held_map5:.4f})")
     else:
         threshold = _share_threshold(test, whales, new_whale_share, mode, notes, "no out-of-fold matrices")
     ranked = rank_queries(test.scores, whales, threshold, mode=mode)

@@ -272,3 +272,31 @@ def threshold_for_new_whale_share(
     if k == 0:
         return float(np.nextafter(row_max[0], np.float32(-np.inf)))
     return float(row_max[k - 1])
+
+
+def holdout_threshold(scores: np.ndarray, gallery_labels: Sequence[str], truth: Sequence[str], *,
+                      share: float = DEFAULT_NEW_WHALE_SHARE, mode: str = "sum", seed: int = 0
+                      ) -> tuple[float, float, int]:
+    """The ``new_whale`` threshold of a catalog without new_whale photos, tuned out of fold: individuals are held
+    out WHOLE (drawn at random until their queries are about ``share`` of the rows), their catalog columns
+    removed, so that their queries play new_whale with the score distributions of real unknown animals.
+    Returns ``(threshold, MAP@5 of that mix, held-out individuals)``."""
+    if share <= 0:  # no unknown animals expected: the plain tuning (new_whale never first)
+        return (*tune_threshold(scores, gallery_labels, truth, mode=mode), 0)
+    truth = np.asarray(truth, dtype=str)
+    gallery_labels = np.asarray(gallery_labels, dtype=str)
+    whales, counts = np.unique(truth[truth != NEW_WHALE], return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(whales))
+    held, covered = [], 0
+    for k in order:
+        if covered >= share * len(truth):
+            break
+        held.append(whales[k])
+        covered += counts[k]
+    if not held or len(held) == len(whales):
+        raise ValueError("too few individuals in the out-of-fold rows to hold some out")
+    out = np.isin(truth, held)
+    keep = ~np.isin(gallery_labels, held)
+    threshold, map5 = tune_threshold(np.asarray(scores)[:, keep], list(gallery_labels[keep]),
+                                     list(np.where(out, NEW_WHALE, truth)), mode=mode)
+    return threshold, map5, len(held)
