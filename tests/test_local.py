@@ -109,3 +109,18 @@ def test_mutual_nn_on_a_shortlist_counts_what_the_full_matrix_counts(photos):
     base = np.array([[0, 1, 0], [1, 0, 0], [0, 1, 0]], np.float32)  # another member's matrix: one column each
     listed = local_counts(features, features, cfg, exclude_self=True, base=base)
     assert (listed > 0).sum(axis=1).tolist() == [1, 1, 1] and listed[1, 0] == full[1, 0]
+
+
+def test_local_settings_come_from_the_enabling_run_with_set_overrides_on_top(tmp_path):
+    from matching.runs.local_scores import local_settings
+    from matching.runs.run import Run
+
+    def run(name, local):
+        return Run(name, 0, tmp_path / name, {"local": local}, tmp_path / "best.pt", 64)
+
+    off, on = run("a", {"enabled": False, "width": 128}), run("b", {"enabled": True, "extractor": "disk"})
+    assert local_settings([off], "auto") is None and local_settings([off, on], "off") is None
+    assert local_settings([off, on], "auto")["extractor"] == "disk"
+    forced = local_settings([off], "on", {"shortlist": {"top": 5}})
+    assert forced["enabled"] and forced["width"] == 128 and forced["shortlist"] == {"by": "mnn", "top": 5}
+    assert local_settings([], "on")["extractor"] == "aliked-n16"

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from data.catalog import NEW_WHALE
+from data.config import deep_merge
 from data.errors import InputError
 from data.io import write_csv
 from data.settings import Local, check
@@ -165,20 +166,21 @@ def score_local(catalog, val_names: Sequence[str] | None, work_dir: Path, cfg: d
     return written
 
 
-def local_settings(runs: Sequence, switch: str = "auto", source_cfg: dict | None = None) -> dict | None:
-    """The completed ``local:`` section to score with: the first run whose config enables it (``switch`` auto),
-    that of the first run, or ``source_cfg``'s, or the defaults (on); None when off or nothing enables it."""
+def local_settings(runs: Sequence, switch: str = "auto", overrides: dict | None = None) -> dict | None:
+    """The completed ``local:`` section to score with: that of the first run whose config enables it, else (with
+    ``switch`` on) the first run's or the defaults, enabled; ``overrides`` (``--set local.*``) on top. None when
+    ``switch`` is off, or auto and no run enables it."""
     if switch not in ("auto", "on", "off"):
         raise ValueError(f"switch must be auto, on or off, not {switch!r}")
     if switch == "off":
         return None
     sections = [run.config["local"] for run in runs]
-    for section in sections:
-        if section["enabled"]:
-            return section
-    if switch == "on":
-        return sections[0] if sections else check(dict(source_cfg or {}), Local, path="local")
-    return None
+    chosen = next((sec for sec in sections if sec["enabled"]), None)
+    if chosen is None and switch == "auto":
+        return None
+    if chosen is None:
+        chosen = dict(sections[0] if sections else {}, enabled=True)
+    return check(deep_merge(chosen, dict(overrides or {})), Local, path="local")
 
 
 def local_scores_done(cfg: dict, work_dir: Path) -> bool:

@@ -35,8 +35,8 @@ def mnn_matrix(query: LocalSet, gallery: LocalSet, *, min_similarity: float = 0.
         for start in range(0, len(gallery), chunk):
             rows = slice(start, start + chunk)
             sims = torch.einsum("ckd,jd->ckj", g_desc[rows], q)  # [C, Kg, Kq]
-            mask = g_valid[rows][:, :, None] & q_valid[None, None, :]
-            sims = sims.masked_fill(~mask, -2.0)
+            if not (q_valid.all() and g_valid[rows].all()):  # padding: never a nearest neighbour
+                sims.masked_fill_(~(g_valid[rows][:, :, None] & q_valid[None, None, :]), -2.0)
             best_q, to_q = sims.max(dim=2)  # each gallery keypoint's nearest query keypoint
             to_g = sims.argmax(dim=1)  # [C, Kq] each query keypoint's nearest gallery keypoint
             back = torch.gather(to_g, 1, to_q)  # the gallery keypoint that query keypoint points back to
