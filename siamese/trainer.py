@@ -32,7 +32,6 @@ from data.device import needs_grad_scaler
 from data.distributed import SINGLE, Shards
 from data.errors import InputError
 from data.io import write_csv
-from data.settings import Settings, check
 from siamese.infer import compute_features
 from siamese.schedule import Position, Stage, global_epoch, parse_schedule
 
@@ -96,11 +95,12 @@ def freeze_batchnorm(module: torch.nn.Module) -> None:
 
 class FoldTrainer:
     """Runs a schedule for one fold; ``run_dir`` is ``runs/<model>/fold<k>``. ``model`` has a ``branch`` (the
-    trunk) and a ``neck``; ``objective`` is the family's (it is bound to this trainer here)."""
+    trunk) and a ``neck``; ``objective`` is the family's (it is bound to this trainer here); ``cfg`` is complete
+    (every key of the schema, :func:`data.settings.check`), as :meth:`siamese.families.Family.trainer` makes it."""
 
     def __init__(self, model: torch.nn.Module, objective, cfg: dict, data: FoldData, run_dir: Path,
                  device: torch.device, log: Callable[[str], None] = print, shards: Shards = SINGLE):
-        self.cfg = check(cfg, Settings)  # every key present: the defaults are the schema's (data/settings.py)
+        self.cfg = cfg
         self.tcfg = self.cfg["train"]
         for name, off in (("trainable_stages", 0), ("average_last", 0), ("neck_lr_mult", 1.0)):
             if self.tcfg[name] != off:  # in the schema for the runs that carry them, not built yet

@@ -57,14 +57,14 @@ def test_a_shortlist_as_large_as_the_catalog_is_brute_force(photos):
     features = extract_local(load_extractor(s.extractor, s.max_keypoints), photos, [None] * 3, ["a", "b", "c"], s)
     matcher = load_matcher(s.extractor)
     brute = local_counts(features, features, dict(cfg, shortlist={"by": None, "top": 1}), exclude_self=True,
-                         matcher=matcher)
+                         matcher=matcher)["local"]
     # top 2 of 3 photos: with the query itself left out, every other photo is on each shortlist
     listed = local_counts(features, features, dict(cfg, shortlist={"by": "mnn", "top": 2}), exclude_self=True,
-                          matcher=matcher)
+                          matcher=matcher)["local"]
     np.testing.assert_array_equal(listed, brute)
     assert np.diag(brute).sum() == 0 and brute[1, 0] > 0
     short = local_counts(features, features, dict(cfg, shortlist={"by": "mnn", "top": 1}), exclude_self=True,
-                         matcher=matcher)
+                         matcher=matcher)["local"]
     assert ((short > 0).sum(axis=1) <= 1).all()  # one pair per query was matched, the others score 0
     assert short[1, 0] == brute[1, 0]  # the warped copy's own photo is its shortlist
 
@@ -107,7 +107,7 @@ def test_mutual_nn_on_a_shortlist_counts_what_the_full_matrix_counts(photos):
     np.testing.assert_array_equal(mnn_pairs(features, features, pairs), full[pairs[:, 0], pairs[:, 1]])
     cfg = check({"matcher": "mnn", "shortlist": {"by": "other", "top": 1}}, Local, path="local")
     base = np.array([[0, 1, 0], [1, 0, 0], [0, 1, 0]], np.float32)  # another member's matrix: one column each
-    listed = local_counts(features, features, cfg, exclude_self=True, base=base)
+    listed = local_counts(features, features, cfg, exclude_self=True, base=base)["local"]
     assert (listed > 0).sum(axis=1).tolist() == [1, 1, 1] and listed[1, 0] == full[1, 0]
 
 

