@@ -144,6 +144,25 @@ def boxes_frame(predictions: Mapping[str, Prediction]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["Image", "x0", "y0", "x1", "y1"])
 
 
+def photos_to_box(catalog, only: str = "all") -> tuple[list[str], list[Path], dict[str, Prediction]]:
+    """(names, paths) of the photos of ``catalog`` to box, and the boxes kept as they are (score 1).
+
+    ``only``: ``all`` (every catalog and query photo), ``test`` (the query photos; the catalog's boxes kept),
+    ``unboxed`` (the query photos and the catalog photos without a box). A photo named alike in the catalog
+    and the queries is an error: one boxes file could not tell them apart."""
+    train = catalog.train["Image"].tolist()
+    both = set(train) & set(catalog.test_images)
+    if both:
+        raise InputError(catalog.data_dir, f"{len(both)} photos are named alike in the catalog and the query photos "
+                                           f"(first: {sorted(both)[0]!r}); boxes.csv could not tell them apart")
+    if only not in ("all", "test", "unboxed"):
+        raise ValueError(f"only must be all, test or unboxed, not {only!r}")
+    kept = {} if only == "all" else {n: Prediction(catalog.boxes[n], 1.0) for n in train if n in catalog.boxes}
+    names = [n for n in train if only == "all" or (only == "unboxed" and n not in kept)]
+    paths = [catalog.train_path(n) for n in names]
+    return names + list(catalog.test_images), paths + [catalog.test_path(n) for n in catalog.test_images], kept
+
+
 def write_boxes(predictions: Mapping[str, Prediction], out: str | Path) -> tuple[Path, Path | None]:
     """Write ``boxes.csv`` and, when some photos have no box, ``boxes_missing.csv`` (Image,score) beside it
     (a stale one is removed). Returns both paths (None for the report when nothing is missing)."""

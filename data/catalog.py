@@ -252,26 +252,28 @@ class Catalog:
     train: pd.DataFrame
     test_images: list[str]
     boxes: dict[str, Box] = field(default_factory=dict)
+    test_dir: Path | None = None  # where the query photos are: <data_dir>/test unless given
 
     def train_path(self, name: str) -> Path:
         return self.data_dir / "train" / name
 
     def test_path(self, name: str) -> Path:
-        return self.data_dir / "test" / name
+        return (self.test_dir or self.data_dir / "test") / name
 
     def box(self, name: str) -> Box | None:
         """The box of an image, or None when it is to be used whole."""
         return self.boxes.get(name)
 
 
-def _test_images(data_dir: Path, need_test: bool, check_files: bool) -> list[str]:
-    test_dir = data_dir / "test"
+def _test_images(data_dir: Path, need_test: bool, check_files: bool, test_dir: Path | None = None) -> list[str]:
     listing = data_dir / "sample_submission.csv"
-    if listing.is_file():
+    if test_dir is None and listing.is_file():  # a folder given by the caller is listed, not the catalog's csv
+        test_dir = data_dir / "test"
         names = read_image_list(listing)
         if check_files:
             _check_exist(listing, test_dir, names)
         return names
+    test_dir = test_dir or data_dir / "test"
     if not test_dir.is_dir():
         if need_test:
             raise InputError(test_dir, "folder not found (and no sample_submission.csv lists the test images)")
@@ -282,11 +284,15 @@ def _test_images(data_dir: Path, need_test: bool, check_files: bool) -> list[str
     return names
 
 
-def load_catalog(data_dir: str | Path, *, need_test: bool = True, check_files: bool = True) -> Catalog:
+def load_catalog(data_dir: str | Path, *, need_test: bool = True, check_files: bool = True,
+                 test_dir: str | Path | None = None, boxes_csv: str | Path | None = None) -> Catalog:
     """Read and validate ``train.csv``, the test images and ``boxes.csv`` (when present) of ``data_dir``.
 
     ``need_test``: a missing or empty ``test/`` is an error (else it gives no test images).
     ``check_files``: every listed photo must exist, and every box must lie inside its photo.
+    ``test_dir``: the query photos are every image file of this folder instead of ``<data_dir>/test``
+    (a new batch against the catalog, scripts/identify.py). ``boxes_csv``: the boxes file instead of
+    ``<data_dir>/boxes.csv`` (it must exist when given).
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -295,10 +301,13 @@ def load_catalog(data_dir: str | Path, *, need_test: bool = True, check_files: b
     train = read_train_csv(train_csv)
     if check_files:
         _check_exist(train_csv, data_dir / "train", train["Image"].tolist())
-    test_images = _test_images(data_dir, need_test, check_files)
-    boxes_csv = data_dir / "boxes.csv"
+    test_dir = None if test_dir is None else Path(test_dir)
+    test_images = _test_images(data_dir, need_test, check_files, test_dir)
+    if boxes_csv is not None and not Path(boxes_csv).is_file():
+        raise InputError(boxes_csv, "boxes file not found")
+    boxes_csv = Path(boxes_csv) if boxes_csv is not None else data_dir / "boxes.csv"
     boxes: dict[str, Box] = {}
     if boxes_csv.is_file():
-        folders = [data_dir / "train", data_dir / "test"] if check_files else None
+        folders = [data_dir / "train", *([test_dir] if test_dir else []), data_dir / "test"] if check_files else None
         boxes = read_boxes(boxes_csv, image_dir=folders)
-    return Catalog(data_dir=data_dir, train=train, test_images=test_images, boxes=boxes)
+    return Catalog(data_dir=data_dir, train=train, test_images=test_images, boxes=boxes, test_dir=test_dir)

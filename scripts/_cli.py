@@ -58,3 +58,20 @@ def run(main: Callable[[], int | None]) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def catalog_flags(p: argparse.ArgumentParser) -> None:
+    """``--test-dir`` and ``--boxes``: the query photos and the boxes file, when they are not the catalog's own
+    ``test/`` and ``boxes.csv`` (a new batch of photos against the catalog, as scripts/identify.py runs it)."""
+    p.add_argument("--test-dir", type=Path,
+                   help="the query photos: every image of this folder (default: <data-dir>/test, or the images "
+                        "its sample_submission.csv lists)")
+    p.add_argument("--boxes", type=Path, help="boxes CSV (default: <data-dir>/boxes.csv when present)")
+
+
+def load_catalog(args: argparse.Namespace, **kwargs):
+    """The catalog of ``--data-dir`` with the ``--test-dir`` and ``--boxes`` of :func:`catalog_flags`."""
+    from data.catalog import load_catalog as load
+
+    return load(args.data_dir, test_dir=getattr(args, "test_dir", None), boxes_csv=getattr(args, "boxes", None),
+                **kwargs)

@@ -19,16 +19,19 @@ from pathlib import Path
 
 import _cli
 from bbox.metrics import mean_iou
-from bbox.predict import load_fold_models, predict_photos, routes_for, write_boxes
+from bbox.predict import load_fold_models, photos_to_box, predict_photos, routes_for, write_boxes
 from bbox.sheet import contact_sheet, pick_for_sheet
-from data.catalog import load_catalog, read_boxes
+from data.catalog import read_boxes
 from data.device import pick_device
-from data.errors import InputError
 from data.settings import Bbox
 
 
 def main() -> int:
     p = _cli.parser(__doc__, default_config="bbox/default.yaml")
+    _cli.catalog_flags(p)
+    p.add_argument("--only", choices=("all", "test", "unboxed"), default="all",
+                   help="which photos: all, the query photos only, or the query photos and the catalog photos "
+                        "that --boxes (or boxes.csv) has no box for, its boxes kept (default: %(default)s)")
     p.add_argument("--out", type=Path, help="boxes CSV to write (default: <data-dir>/boxes.csv)")
     p.add_argument(
         "--sheet", type=Path, help="contact sheet PNG (default: boxes_sheet.png beside the boxes CSV)"
@@ -42,25 +45,16 @@ def main() -> int:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the config's train.device)")
     args = p.parse_args()
     cfg = _cli.config_from(args, Bbox)
-    catalog = load_catalog(args.data_dir, need_test=False)
-    names = catalog.train["Image"].tolist()
-    paths = [catalog.train_path(n) for n in names]
-    both = set(names) & set(catalog.test_images)
-    if both:
-        raise InputError(
-            args.data_dir,
-            f"{len(both)} photos are named alike in train/ and test/ (first: "
-            f"{sorted(both)[0]!r}); boxes.csv could not tell them apart",
-        )
-    names += catalog.test_images
-    paths += [catalog.test_path(n) for n in catalog.test_images]
+    catalog = _cli.load_catalog(args, need_test=False)
+    names, paths, kept = photos_to_box(catalog, args.only)
     folds = load_fold_models(args.work_dir)
     device = pick_device(args.device or cfg["train"]["device"])
     data_cfg = folds.config["data"]
     routes = routes_for(names, folds.holdouts)
     held_out = sum(len(r) < len(folds.models) for r in routes)
     print(
-        f"{len(names)} photos ({len(catalog.train)} catalog, {len(catalog.test_images)} query; "
+        f"{len(names)} photos ({len(names) - len(catalog.test_images)} catalog, {len(catalog.test_images)} query; "
+        + (f"{len(kept)} catalog boxes kept; " if kept else "") +
         f"{held_out} boxed out-of-fold), {len(folds.models)} fold detectors from "
         f"{folds.checkpoints[0].parent}; device {device}"
     )
@@ -74,7 +68,7 @@ def main() -> int:
         device=device,
     )
     predictions = dict(zip(names, preds, strict=True))
-    out, missing_csv = write_boxes(predictions, args.out or args.data_dir / "boxes.csv")
+    out, missing_csv = write_boxes({**kept, **predictions}, args.out or args.data_dir / "boxes.csv")
     missing = [n for n, pr in predictions.items() if pr.box is None]
     print(
         f"wrote {out}: {len(names) - len(missing)} boxes; {len(missing)} photos without a box"

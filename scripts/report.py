@@ -26,6 +26,9 @@ from matching.review.build import build_report
 
 def main() -> int:
     p = _cli.parser(__doc__, default_config="ensemble.yaml")
+    _cli.catalog_flags(p)
+    p.add_argument("--truth", type=Path, help="truth of the queries (default: <data-dir>/truth.csv when present)")
+    p.add_argument("--runs", type=Path, help="trained runs whose curves are drawn (default: <work-dir>/runs)")
     p.add_argument("--submission", type=Path, help="submission file (default: <work-dir>/submission.csv)")
     p.add_argument("--out", type=Path, help="report folder (default: <work-dir>/report)")
     p.add_argument("--test-matrix", type=Path,
@@ -41,7 +44,8 @@ def main() -> int:
     print(f"reading {args.work_dir} and {args.data_dir}")
     result = build_report(args.data_dir, args.work_dir, weights=cfg["weights"], out_dir=args.out,
                           submission=args.submission, test_matrix=args.test_matrix, oof_matrix=args.oof_matrix,
-                          limit=args.limit, embed=args.embed)
+                          limit=args.limit, embed=args.embed, test_dir=args.test_dir, boxes_csv=args.boxes,
+                          truth_path=args.truth, runs_dir=args.runs)
     for note in result.notes:
         print(f"note: {note}")
     if result.map5 is not None:

@@ -6,6 +6,8 @@ fold means <work-dir>/scores/<model>/{test,oof}.npz. Catalog = every non-new_wha
 
 Trained models apply to another catalog without retraining:
   python scripts/score_matrix.py --data-dir data/season2025 --runs work/runs --work-dir work/season2025
+and to a folder of new photos against the catalog (--test-dir; scripts/identify.py runs this):
+  python scripts/score_matrix.py --test-dir photos/batch3 --boxes work/batch3/boxes.csv --work-dir work/batch3
 
 Several processes (GPUs or machines) through torchrun: query rows are split over the ranks, each scores
 its rows, and rank 0 assembles the same files a single process writes:
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 
 import _cli
-from data.catalog import load_catalog, read_folds
+from data.catalog import read_folds
 from data.device import pick_device
 from data.distributed import from_env, local_device
 from data.errors import InputError
@@ -43,6 +45,7 @@ from matching.runs.run import discover_runs
 
 def main() -> int:
     p = _cli.parser(__doc__)
+    _cli.catalog_flags(p)
     p.add_argument("--runs", type=Path, help="folder of trained runs (default: <work-dir>/runs)")
     p.add_argument("--models", nargs="+", help="only these model names (default: every model under --runs)")
     p.add_argument("--budget-mb", type=float, default=512,
@@ -63,7 +66,7 @@ def main() -> int:
         raise InputError(runs_dir, "no trained runs (runs/<model>/fold<k>/config.yaml with the last stage's best.pt)")
     keypoints = keypoint_settings(runs, args.keypoints)
     local = local_settings(runs, args.local, _cli.config_from(args).get("local"))  # --set local.* with --local on
-    catalog = load_catalog(args.data_dir, need_test=True)
+    catalog = _cli.load_catalog(args, need_test=True)
     folds_path = args.data_dir / "folds.csv"
     folds = read_folds(folds_path, catalog.train) if folds_path.is_file() else None
     device = pick_device(args.device)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from data.cache import row_keys
 from data.catalog import load_catalog, read_folds
 from data.errors import InputError
 from data.io import load_npz
@@ -155,19 +156,20 @@ def test_keypoints_are_cached_per_image_list_and_settings(fluke_photos, tmp_path
     first = cached_keypoints(cache, paths[:3], boxes[:3], names, KeypointSettings())
     calls = []
     real = kp_module.extract
-    monkeypatch.setattr(kp_module, "extract", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(kp_module, "extract", lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
     again = cached_keypoints(cache, paths[:3], boxes[:3], names, KeypointSettings(ratio=0.7))
     assert not calls
     np.testing.assert_array_equal(again.descriptors, first.descriptors)
     np.testing.assert_array_equal(again.offsets, first.offsets)
     smaller = cached_keypoints(cache, paths[:3], boxes[:3], names, KeypointSettings(max_keypoints=20))
-    assert len(calls) == 1 and np.diff(smaller.offsets).max() <= 20
-    assert str(load_npz(cache)["key"]).startswith(KeypointSettings(max_keypoints=20).key())
+    assert calls == [3] and np.diff(smaller.offsets).max() <= 20
+    stored = load_npz(cache)["keys"]
+    assert stored.tolist() == row_keys(KeypointSettings(max_keypoints=20).key(), paths[:3], boxes[:3]).tolist()
     moved = [boxes[0], boxes[1], tuple(v + 4 for v in boxes[2])]  # a box predicted again
     cached_keypoints(cache, paths[:3], moved, names, KeypointSettings(max_keypoints=20))
-    assert len(calls) == 2
+    assert calls == [3, 1]  # that photo only
     cached_keypoints(cache, paths[:3], moved, names, KeypointSettings(max_keypoints=20))
-    assert len(calls) == 2
+    assert calls == [3, 1]
 
 
 def _run(model: str, fold: int, section: dict | None) -> Run:

@@ -6,6 +6,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from data.catalog import read_train_csv
@@ -86,3 +87,27 @@ def evaluate_submission(submission: str | Path, truth: str | Path) -> float:
     """MAP@5 of a submission file against a truth file (every truth image must be in the submission)."""
     expected, predicted = read_predictions(submission, truth)
     return map_at_5(list(expected.values()), [predicted[name] for name in expected])
+
+
+def candidates_frame(query: Sequence[str], gallery: Sequence[str], scores: np.ndarray,
+                     gallery_labels: Sequence[str], ranked: Sequence[Sequence[str]], threshold: float
+                     ) -> pd.DataFrame:
+    """One row per query and ranked label (for import into a catalog tool): ``Image,rank,Id,score,photo``.
+    ``score``: the label's best pair score for the query (``new_whale``: the threshold it was ranked by);
+    ``photo``: the catalog photo of that best score (empty for ``new_whale``)."""
+    scores = np.asarray(scores)
+    gallery = np.asarray(gallery, dtype=object)
+    by_label: dict[str, np.ndarray] = {}
+    for j, label in enumerate(gallery_labels):
+        by_label.setdefault(label, []).append(j)
+    by_label = {k: np.asarray(v) for k, v in by_label.items()}
+    rows = []
+    for i, (name, labels) in enumerate(zip(query, ranked, strict=True)):
+        for rank, label in enumerate(labels, start=1):
+            cols = by_label.get(label)
+            if cols is None:  # new_whale, or a label with no catalog photo
+                rows.append((name, rank, label, round(float(threshold), 6), ""))
+                continue
+            best = cols[int(np.argmax(scores[i, cols]))]
+            rows.append((name, rank, label, round(float(scores[i, best]), 6), gallery[best]))
+    return pd.DataFrame(rows, columns=["Image", "rank", "Id", "score", "photo"])

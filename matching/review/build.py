@@ -32,13 +32,17 @@ class ReportResult:
 def build_report(data_dir: str | Path, work_dir: str | Path, *, weights: Mapping[str, float] | None = None,
                  out_dir: Path | None = None, submission: Path | None = None, test_matrix: Path | None = None,
                  oof_matrix: Path | None = None, limit: int | None = None, embed: bool = False,
-                 progress: bool = True) -> ReportResult:
-    """Read the submission, the blended matrices, truth, metrics and photos; write the page (atomically)."""
+                 progress: bool = True, test_dir: Path | None = None, boxes_csv: Path | None = None,
+                 truth_path: Path | None = None, runs_dir: Path | None = None) -> ReportResult:
+    """Read the submission, the blended matrices, truth, metrics and photos; write the page (atomically).
+    ``test_dir``, ``boxes_csv``: the query photos and boxes when they are not the catalog's own (a batch);
+    ``truth_path``: the queries' truth (default ``<data_dir>/truth.csv`` when present); ``runs_dir``: the trained
+    runs whose curves are drawn (default ``<work_dir>/runs``)."""
     data_dir, work_dir = Path(data_dir), Path(work_dir)
     out_dir = out_dir or work_dir / "report"
     submission = submission or work_dir / "submission.csv"
     predicted = read_submission(submission)
-    catalog = load_catalog(data_dir, need_test=False, check_files=False)
+    catalog = load_catalog(data_dir, need_test=False, check_files=False, test_dir=test_dir, boxes_csv=boxes_csv)
     labels = dict(zip(catalog.train["Image"], catalog.train["Id"], strict=True))
     saved = work_dir / "ensemble"  # the blends final_ensemble.py wrote, when there are any
     if test_matrix is None and (saved / "test.npz").is_file():
@@ -48,7 +52,7 @@ def build_report(data_dir: str | Path, work_dir: str | Path, *, weights: Mapping
     notes = list(blend.notes)
     test = blend.test
     gallery_labels = labels_for(list(test.gallery), labels, test.name, "catalog")
-    truth_path = data_dir / "truth.csv"
+    truth_path = truth_path or data_dir / "truth.csv"
     truth = read_truth(truth_path) if truth_path.is_file() else None
     rows = build_rows(test, gallery_labels, predicted, truth, source=submission, limit=limit)
 
@@ -59,7 +63,7 @@ def build_report(data_dir: str | Path, work_dir: str | Path, *, weights: Mapping
     sources = make_thumbnails(items, lambda kind, name: paths[kind](name), catalog.box, out_dir, embed=embed,
                               progress=progress)
 
-    curves = read_curves(work_dir / "runs")
+    curves = read_curves(runs_dir or work_dir / "runs")
     curve_pngs = {m: plot_curves(curves, m) for m in dict.fromkeys(c.model for c in curves)}
     panels = []
     if blend.oof is not None:

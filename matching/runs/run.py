@@ -14,10 +14,9 @@ import numpy as np
 import torch
 import yaml
 
-from data.cache import cache_key, read_cache
-from data.distributed import SINGLE, Shards, stack_npz_rows
+from data.cache import Rows, cached_rows, row_keys
+from data.distributed import SINGLE, Shards
 from data.images import TEST_MARGIN
-from data.io import load_npz, save_npz
 from data.settings import Settings, check
 from siamese.infer import compute_features
 from siamese.schedule import parse_schedule
@@ -58,34 +57,25 @@ def cached_features(encoder: torch.nn.Module, run: Run, names: Sequence[str], pa
                     boxes: Sequence, cache: Path, device: torch.device, batch: int = 64,
                     workers: int | None = None, shards: Shards = SINGLE) -> np.ndarray:
     """``encoder``'s features of ``paths`` (images -> the vectors a family scores: branch and neck of a Siamese
-    model, the embedder of an embedding model), reused from ``cache`` (``.npz``: features, names, key) while its key
-    holds: the checkpoint, the size, the crop margin, ``score.tta`` and every photo file and box
-    (:mod:`data.cache`).
+    model, the embedder of an embedding model), each photo's row reused from ``cache`` (``.npz``: features, names,
+    keys; or another cache file beside it) while its key holds: the checkpoint, the size, the crop margin,
+    ``score.tta``, the photo's bytes and its box (:mod:`data.cache`). A grown catalog costs its new photos.
 
-    With several ``shards`` each process computes its rows and rank 0 writes the whole cache."""
+    With several ``shards`` each process computes its share of the missing rows and rank 0 writes the cache."""
     stat = run.checkpoint.stat()
     tta = score_tta(run.config)
     settings = f"{run.checkpoint.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{run.size}|margin {TEST_MARGIN}|tta {tta}"
-    key = cache_key(settings, paths, boxes)
-    names = np.asarray(names, dtype=str)
-    stored = read_cache(cache, key, names)
-    if stored is not None and "features" in stored:
-        return stored["features"]
     mcfg = run.config["model"]
-    rows = shards.rows(len(names))
+    paths, boxes, names = list(paths), list(boxes), np.asarray(names, dtype=str)
 
-    def write_part(path: Path) -> None:
-        feats = compute_features(encoder, list(paths)[rows], list(boxes)[rows], run.size,
+    def compute(rows: np.ndarray) -> Rows:
+        feats = compute_features(encoder, [paths[i] for i in rows], [boxes[i] for i in rows], run.size,
                                  channels=mcfg["in_chans"], batch=batch, device=device, workers=workers,
                                  max_megapixels=run.config["data"]["max_megapixels"],
                                  desc=f"{run.model} fold{run.fold} {cache.stem}", flip_tta=tta == "flip")
-        save_npz(path, features=feats, names=names[rows], key=np.asarray(key))
+        return Rows(names[rows], features=feats)
 
-    def join(parts: list[Path], path: Path) -> None:
-        save_npz(path, **stack_npz_rows(parts, ("features", "names")))
-
-    shards.assemble(cache, write_part, join)
-    return load_npz(cache)["features"]
+    return cached_rows(cache, row_keys(settings, paths, boxes), names, compute, shards=shards)["features"]
 
 
 def score_tta(config: dict) -> str:

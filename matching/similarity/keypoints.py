@@ -28,7 +28,6 @@ from data import cache as data_cache
 from data.distributed import SINGLE, Shards
 from data.errors import InputError
 from data.images import load_crop
-from data.io import load_npz, save_npz
 from data.settings import Keypoints as KeypointSection
 from data.settings import check
 
@@ -75,12 +74,6 @@ class KeypointSettings:
         return json.dumps({k: d[k] for k in ("width", "max_keypoints", "clahe", "margin")}, sort_keys=True)
 
 
-def cache_key(s: KeypointSettings, paths: Sequence[Path], boxes: Sequence) -> str:
-    """The settings' :meth:`KeypointSettings.key` plus a digest of every image file (path, size, mtime) and box:
-    a new box (``predict_bbox.py`` run again) or a replaced photo invalidates the cache."""
-    return data_cache.cache_key(s.key(), paths, boxes)
-
-
 @dataclass
 class Keypoints:
     """Keypoints of a list of images, concatenated: image ``i`` owns rows ``offsets[i]:offsets[i + 1]``."""
@@ -101,10 +94,10 @@ class Keypoints:
         """[K] the image index of every keypoint."""
         return np.repeat(np.arange(len(self.names)), np.diff(self.offsets))
 
-    def take(self, rows: slice) -> Keypoints:
-        """The images ``rows`` (a slice) as a set of their own."""
-        idx = range(len(self.names))[rows]
-        return Keypoints.from_lists(self.names[rows], [self.image(i) for i in idx])
+    def take(self, rows) -> Keypoints:
+        """The images ``rows`` (a slice or indices) as a set of their own."""
+        idx = np.arange(len(self.names))[rows]
+        return Keypoints.from_lists(self.names[rows], [self.image(int(i)) for i in idx])
 
     @classmethod
     def concat(cls, sets: Sequence[Keypoints]) -> Keypoints:
@@ -145,38 +138,26 @@ def extract(paths: Sequence[Path], boxes: Sequence, names: Sequence[str], s: Key
     return Keypoints.from_lists(names, parts)
 
 
-def _save(path: Path, kp: Keypoints, key: str) -> None:
-    save_npz(path, names=kp.names, offsets=kp.offsets, points=kp.points, descriptors=kp.descriptors,
-             key=np.asarray(key))
+def _arrays(kp: Keypoints) -> dict[str, np.ndarray]:
+    return {"names": kp.names, "offsets": kp.offsets, "points": kp.points, "descriptors": kp.descriptors}
 
 
 def _from_npz(stored: dict[str, np.ndarray]) -> Keypoints:
     return Keypoints(stored["names"], stored["offsets"], stored["points"], stored["descriptors"])
 
 
-def _load(path: Path) -> Keypoints:
-    return _from_npz(load_npz(path))
-
-
 def cached_keypoints(cache: Path, paths: Sequence[Path], boxes: Sequence, names: Sequence[str],
                      s: KeypointSettings, *, shards: Shards = SINGLE, **kwargs) -> Keypoints:
-    """:func:`extract`, reused from ``cache`` (``.npz``) when it holds the same images, files, boxes and settings.
-    With several ``shards`` each process extracts its share of the images and rank 0 writes the whole cache."""
-    names = np.asarray(names, dtype=str)
-    key = cache_key(s, paths, boxes)
-    stored = data_cache.read_cache(cache, key, names)
-    if stored is not None:
-        return _from_npz(stored)
-    rows = shards.rows(len(names))
+    """:func:`extract`, each photo's keypoints reused from ``cache`` (``.npz``, or another cache file beside it)
+    while its bytes, its box and the settings hold (:mod:`data.cache`): a grown catalog costs its new photos.
+    With several ``shards`` each process extracts its share of the missing photos and rank 0 writes the cache."""
+    paths, boxes, names = list(paths), list(boxes), np.asarray(names, dtype=str)
 
-    def write_part(path: Path) -> None:
-        _save(path, extract(list(paths)[rows], list(boxes)[rows], names[rows], s, **kwargs), key)
+    def compute(rows: np.ndarray) -> Keypoints:
+        return extract([paths[i] for i in rows], [boxes[i] for i in rows], names[rows], s, **kwargs)
 
-    def join(parts: list[Path], path: Path) -> None:
-        _save(path, Keypoints.concat([_load(p) for p in parts]), key)
-
-    shards.assemble(cache, write_part, join)
-    return _load(cache)
+    return data_cache.cached_set(cache, data_cache.row_keys(s.key(), paths, boxes), names, compute=compute,
+                                 load=_from_npz, to_arrays=_arrays, concat=Keypoints.concat, shards=shards)
 
 
 def ratio_matches(query_desc: torch.Tensor, gallery_desc: torch.Tensor, ratio: float, chunk: int

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from data import cache as data_cache
 from data.errors import InputError
 from data.images import load_crop
-from data.io import save_npz
 from data.settings import Local, check
 
 EXTRACTORS = ("aliked-n16", "aliked-n16rot", "disk")
@@ -140,17 +139,27 @@ def extract_local(extractor: torch.nn.Module, paths: Sequence[Path], boxes: Sequ
     return LocalSet(np.asarray(names, dtype=str), points, descriptors, valid, sizes)
 
 
-def cached_local(cache: Path, extractor_fn, paths: Sequence[Path], boxes: Sequence, names: Sequence[str],
-                 s: LocalSettings, **kwargs) -> LocalSet:
-    """:func:`extract_local`, reused from ``cache`` (``.npz``) while the photos' files, their boxes and the
-    settings hold (the key of :mod:`data.cache`); ``extractor_fn()`` loads the network only when needed."""
-    names = np.asarray(names, dtype=str)
-    key = data_cache.cache_key(s.key(), paths, boxes)
-    stored = data_cache.read_cache(cache, key, names)
-    if stored is None:
-        found = extract_local(extractor_fn(), paths, boxes, names, s, **kwargs)
-        stored = {"names": found.names, "points": found.points, "descriptors": found.descriptors.astype(np.float16),
-                  "valid": found.valid, "sizes": found.sizes}  # fp16 descriptors, fresh or cached alike
-        save_npz(cache, **stored, key=np.asarray(key))
+def _arrays(found: LocalSet) -> dict[str, np.ndarray]:
+    return {"names": found.names, "points": found.points, "descriptors": found.descriptors.astype(np.float16),
+            "valid": found.valid, "sizes": found.sizes}  # fp16 descriptors, fresh or cached alike
+
+
+def _from_npz(stored: dict[str, np.ndarray]) -> LocalSet:
     return LocalSet(stored["names"], stored["points"], stored["descriptors"].astype(np.float32), stored["valid"],
                     stored["sizes"])
+
+
+def cached_local(cache: Path, extractor_fn, paths: Sequence[Path], boxes: Sequence, names: Sequence[str],
+                 s: LocalSettings, **kwargs) -> LocalSet:
+    """:func:`extract_local`, each photo's features reused from ``cache`` (``.npz``, or another cache file beside
+    it) while its bytes, its box and the settings hold (:mod:`data.cache`); ``extractor_fn()`` loads the network
+    only when a photo is missing."""
+    paths, boxes, names = list(paths), list(boxes), np.asarray(names, dtype=str)
+
+    def compute(rows: np.ndarray) -> LocalSet:
+        found = extract_local(extractor_fn(), [paths[i] for i in rows], [boxes[i] for i in rows], names[rows], s,
+                              **kwargs)
+        return _from_npz(_arrays(found))  # the rounding of the stored descriptors, fresh or cached alike
+
+    return data_cache.cached_set(cache, data_cache.row_keys(s.key(), paths, boxes), names, compute=compute,
+                                 load=_from_npz, to_arrays=_arrays, concat=LocalSet.concat)
