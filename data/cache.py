@@ -121,8 +121,9 @@ def cached_set(cache: Path, keys: np.ndarray, names: Sequence[str], *, compute: 
                load: Callable[[dict], S], to_arrays: Callable[[S], dict], concat: Callable[[Sequence[S]], S],
                shards: Shards = SINGLE) -> S:
     """The set of ``names`` (row keys ``keys``, :func:`row_keys`): rows found under those keys in ``cache`` or its
-    folder are reused, ``compute(indices)`` makes the others (the set of those photos, in that order); the whole set
-    is written back to ``cache`` when anything changed. With several ``shards`` each process computes its share of
+    folder are reused, ``compute(indices)`` makes the others (the set of those photos, in that order). When any
+    row was computed, the set is written to ``cache`` with the rows it held before (a subset asked for never
+    shrinks a cache). With several ``shards`` each process computes its share of
     the missing rows and rank 0 writes the file; every process returns the whole set."""
     cache, keys, names = Path(cache), np.asarray(keys, dtype=str), np.asarray(names, dtype=str)
     if not len(keys):
@@ -149,23 +150,30 @@ def cached_set(cache: Path, keys: np.ndarray, names: Sequence[str], *, compute: 
                      keys=np.concatenate([load_npz(p)["keys"] for p in parts]))
 
         shards.assemble(fresh_path, write_part, join)
-    if shards.main:
-        pieces, order = [], np.empty(len(keys), dtype=np.int64)
-        start = 0
-        for _, stored, rows in found:
-            hit = np.flatnonzero(rows >= 0)
-            pieces.append(stored.take(rows[hit]))
-            order[hit] = start + np.arange(len(hit))
-            start += len(hit)
-        if missing.size:
-            pieces.append(load(load_npz(fresh_path)))
-            order[missing] = start + np.arange(len(missing))
-        whole = concat(pieces).take(order)
-        whole.names = names  # a photo's row may have been made under another name (the same bytes)
-        save_npz(cache, **to_arrays(whole), keys=keys)
-        fresh_path.unlink(missing_ok=True)
-    shards.barrier()
-    return load(load_npz(cache))
+    pieces, order, start = [], np.empty(len(keys), dtype=np.int64), 0
+    for _, stored, rows in found:
+        hit = np.flatnonzero(rows >= 0)
+        pieces.append(stored.take(rows[hit]))
+        order[hit] = start + np.arange(len(hit))
+        start += len(hit)
+    if missing.size:
+        pieces.append(load(load_npz(fresh_path)))
+        order[missing] = start + np.arange(len(missing))
+    whole = concat(pieces).take(order)
+    whole.names = names  # a photo's row may have been made under another name (the same bytes)
+    if missing.size:
+        shards.barrier()  # every process has read the fresh rows
+        if shards.main:
+            # the rows of the cache file that this set did not ask for stay: a subset (the review page's
+            # candidates) must not shrink the catalog's cache
+            own = next(((stored, rows) for path, stored, rows in found if path == cache), None)
+            kept = [] if own is None else np.setdiff1d(np.arange(len(own[0])), own[1][own[1] >= 0])
+            old_keys = _read(cache, load)[1][kept] if len(kept) else np.zeros(0, str)
+            union = concat([whole, own[0].take(kept)]) if len(kept) else whole
+            save_npz(cache, **to_arrays(union), keys=np.concatenate([keys, old_keys]))
+            fresh_path.unlink(missing_ok=True)
+        shards.barrier()
+    return whole
 
 
 def cached_rows(cache: Path, keys: np.ndarray, names: Sequence[str], compute: Callable[[np.ndarray], Rows], *,
@@ -173,3 +181,31 @@ def cached_rows(cache: Path, keys: np.ndarray, names: Sequence[str], compute: Ca
     """:func:`cached_set` for plain :class:`Rows`."""
     return cached_set(cache, keys, names, compute=compute, load=Rows.from_arrays, to_arrays=Rows.to_arrays,
                       concat=Rows.concat, shards=shards)
+
+
+def cached_pairs(cache: Path, query_keys: np.ndarray, gallery_keys: np.ndarray, pairs: np.ndarray,
+                 compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """[P] a value per ``(query row, gallery row)`` pair (a matcher's count), reused from ``cache`` for pairs of photos
+    it has seen under the same row keys (:func:`row_keys`: the photos' bytes, boxes and the features' settings;
+    the matcher's own settings name the file); ``compute(pairs)`` gives the others. The leave-one-out queries of a
+    grown catalog meet mostly the pairs of the batch before."""
+    cache, pairs = Path(cache), np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    wanted = np.char.add(np.char.add(np.asarray(query_keys, str)[pairs[:, 0]], "|"),
+                         np.asarray(gallery_keys, str)[pairs[:, 1]]) if len(pairs) else np.zeros(0, str)
+    stored_keys, stored_values = np.zeros(0, str), np.zeros(0, np.float32)
+    if cache.is_file():
+        try:
+            stored = load_npz(cache)
+            stored_keys, stored_values = stored["pairs"].astype(str), stored["values"].astype(np.float32)
+        except (InputError, KeyError):
+            pass
+    where = {k: i for i, k in enumerate(stored_keys)}
+    hit = np.asarray([where.get(k, -1) for k in wanted], dtype=np.int64)
+    out = np.zeros(len(pairs), np.float32)
+    out[hit >= 0] = stored_values[hit[hit >= 0]]
+    missing = np.flatnonzero(hit < 0)
+    if missing.size:
+        out[missing] = compute(pairs[missing])
+        save_npz(cache, pairs=np.concatenate([stored_keys, wanted[missing]]),
+                 values=np.concatenate([stored_values, out[missing]]).astype(np.float32))
+    return out

@@ -24,6 +24,7 @@ sits out of validation in one fold out of four.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -150,3 +151,27 @@ def fold_summary(folds_df: pd.DataFrame) -> pd.DataFrame:
         rows.append({"fold": k, "train": len(train), "val": len(val), "val_new_whale": new,
                      "new_whale_share": new / len(val) if len(val) else math.nan})
     return pd.DataFrame(rows)
+
+
+def _stable(seed: int, text: str) -> str:
+    return hashlib.sha1(f"{seed}|{text}".encode()).hexdigest()
+
+
+def leave_one_out_queries(train: pd.DataFrame, n: int, seed: int = 0, new_whale_share: float = 0.276) -> list[str]:
+    """Up to ``n`` catalog photos to query against the rest of the catalog (leave one out) where there are no
+    folds: untrained members need no training split, only queries whose answer is known. One photo per
+    individual with 2 or more photos, then a second round, and so on (each query keeps the others of its
+    individual); ``new_whale`` photos, when the catalog has any, make up about ``new_whale_share`` of them.
+    The order is a hash of ``seed`` and the names, so a catalog grown by a batch keeps most of its queries (their
+    matches are cached) instead of drawing new ones."""
+    if n <= 0:
+        return []
+    known = train[train["Id"] != NEW_WHALE]
+    groups = sorted(([sorted(g["Image"], key=lambda name: _stable(seed, name)), _stable(seed, i)]
+                     for i, g in known.groupby("Id", sort=True) if len(g) >= 2), key=lambda x: x[1])
+    nw = sorted(train.loc[train["Id"] == NEW_WHALE, "Image"], key=lambda name: _stable(seed, name))
+    n_new = min(len(nw), round(n * new_whale_share)) if nw else 0
+    picked: list[str] = []
+    for r in range(max((len(g) for g, _ in groups), default=0)):
+        picked += [g[r] for g, _ in groups if len(g) > r]
+    return picked[:n - n_new] + nw[:n_new]

@@ -212,3 +212,74 @@ def ensemble_oof_map5(summary: Mapping | None) -> float:
     """The blend's out-of-fold MAP@5 (without the column-wise pass); NaN when there is none."""
     value = (summary or {}).get("oof_map5")
     return float("nan") if value is None else float(value)
+
+
+def section_overrides(cfg: Mapping, sections: Sequence[str]) -> list[str]:
+    """``--set key=value`` items (dotted keys, YAML values) that restate ``sections`` of a (partial) config."""
+    import yaml
+
+    items: list[str] = []
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}")
+        else:
+            value = yaml.safe_dump(node, default_flow_style=True).strip().removesuffix("...").strip()
+            items.append(f"{prefix}={value}")
+
+    for name in sections:
+        if cfg.get(name) is not None:
+            walk(cfg[name], name)
+    return items
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of new photos to identify against a catalog (scripts/identify.py)."""
+
+    catalog: Path  # train.csv, train/ (boxes.csv, folds.csv when made)
+    photos: Path  # the new photos
+    out: Path  # submission.csv, candidates.csv, scores/, ensemble/, report/
+    cache: Path  # the per-photo feature cache, shared by the batches of a season
+    config: Path  # ensemble: (and local: for the untrained members)
+    runs: Path | None = None  # trained runs; None: the untrained members only
+    box_model: Path | None = None  # a work folder holding bbox/fold<k>.pt
+    truth: Path | None = None  # the batch's truth (a simulated season): MAP@5 printed
+    oof_queries: int = 200  # leave-one-out queries of the untrained members where the catalog has no folds.csv
+    members: str = "auto"  # keypoints and local matching: auto (on without runs, else as the runs' configs say)
+    overrides: tuple[str, ...] = ()  # --set items for score_matrix.py
+
+
+def identify_steps(batch: Batch, cfg: Mapping) -> list[Step]:
+    """The steps of scripts/identify.py: boxes of the new photos (with a box model), score matrices against the
+    catalog, ensemble and submission (with candidates.csv), review page, and the evaluation given truth.
+    ``cfg``: the batch's config as written (its ``local:`` section restated for score_matrix.py)."""
+    b = batch
+    where = ["--data-dir", str(b.catalog), "--test-dir", str(b.photos)]
+    boxes = b.out / "boxes.csv"
+    steps = []
+    if b.box_model is not None:
+        steps.append(Step("boxes", "predict_bbox.py", [*where, "--work-dir", str(b.box_model), "--out", str(boxes),
+                                                        "--only", "unboxed", "--sheet-count", "0"]))
+        where += ["--boxes", str(boxes)]
+    members = b.members if b.members != "auto" else ("auto" if b.runs is not None else "on")
+    score = [*where, "--work-dir", str(b.out), "--cache-dir", str(b.cache), "--oof-queries", str(b.oof_queries),
+             "--keypoints", members, "--local", members]
+    if b.runs is not None:
+        score += ["--runs", str(b.runs)]
+    for item in [*section_overrides(cfg, ["local"]), *b.overrides]:
+        score += ["--set", item]
+    truth = ["--truth", str(b.truth)] if b.truth is not None else []
+    steps += [
+        Step("score matrices", "score_matrix.py", score),
+        Step("ensemble", "final_ensemble.py",
+             ["--data-dir", str(b.catalog), "--work-dir", str(b.out), "--config", str(b.config), *truth]),
+        Step("review page", "report.py", [*where, "--work-dir", str(b.out), "--config", str(b.config), *truth,
+                                          *(["--runs", str(b.runs)] if b.runs is not None else [])]),
+    ]
+    if b.truth is not None:
+        steps.append(Step("evaluation", "evaluate.py", ["--submission", str(b.out / "submission.csv"),
+                                                        "--truth", str(b.truth),
+                                                        "--json", str(b.out / "evaluation.json")]))
+    return steps

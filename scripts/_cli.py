@@ -11,6 +11,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from data.threads import passive_waits  # noqa: E402
+
+passive_waits()  # before torch and numpy load their thread pools
+
 from data.config import apply_override, load_config  # noqa: E402
 from data.errors import InputError  # noqa: E402
 from data.settings import Settings  # noqa: E402
@@ -19,12 +23,33 @@ DEFAULT_DATA_DIR = REPO_ROOT / "data" / "synthetic"
 DEFAULT_WORK_DIR = REPO_ROOT / "work"
 
 
-def parser(description: str, default_config: str | None = None) -> argparse.ArgumentParser:
-    """An ArgumentParser with ``--data-dir``, ``--work-dir``, ``--config`` and ``--set``."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                   help="catalog folder with train.csv, train/, test/ (and boxes.csv, folds.csv when made); "
-                        "default: %(default)s")
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser with ``--threads``: parsing sizes the thread pools (:func:`data.threads.configure_threads`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        self.add_argument("--threads", type=int, metavar="N",
+                          help="threads of every CPU pool (torch, OpenCV, BLAS); default: the CPUs this process may "
+                               "use (its affinity)")
+
+    def parse_args(self, *args, **kwargs):
+        from data.threads import configure_threads
+
+        parsed = super().parse_args(*args, **kwargs)
+        if parsed.threads is not None and parsed.threads < 1:
+            self.error("--threads must be at least 1")
+        parsed.threads = configure_threads(parsed.threads)
+        return parsed
+
+
+def parser(description: str, default_config: str | None = None, data_dir: bool = True) -> argparse.ArgumentParser:
+    """A :class:`Parser` with ``--data-dir`` (unless ``data_dir`` is false), ``--work-dir``, ``--config`` and
+    ``--set``."""
+    p = Parser(description=description)
+    if data_dir:
+        p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                       help="catalog folder with train.csv, train/, test/ (and boxes.csv, folds.csv when made); "
+                            "default: %(default)s")
     p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
                    help="where runs/, scores/, submission.csv and reports go; default: %(default)s")
     if default_config is not None:

@@ -8,7 +8,6 @@ and the time of each step.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
@@ -21,7 +20,7 @@ SCRIPTS = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _cli.Parser(description=__doc__)
     p.add_argument("--data-dir", type=Path, default=_cli.DEFAULT_DATA_DIR, help="default: %(default)s")
     p.add_argument("--work-dir", type=Path, default=_cli.DEFAULT_WORK_DIR, help="default: %(default)s")
     p.add_argument("--config", type=Path, default=_cli.REPO_ROOT / "configs" / "siamese" / "demo.yaml",

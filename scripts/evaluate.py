@@ -24,7 +24,7 @@ from matching.evaluation.evaluate import evaluate_files
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _cli.Parser(description=__doc__)
     p.add_argument("--submission", type=Path, default=_cli.DEFAULT_WORK_DIR / "submission.csv",
                    help="Image,Id file with five space-separated labels per image (default: %(default)s)")
     p.add_argument("--truth", type=Path, default=_cli.DEFAULT_DATA_DIR / "truth.csv",

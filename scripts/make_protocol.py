@@ -56,7 +56,7 @@ def _flag(dest: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _cli.Parser(description=__doc__)
     p.add_argument("--data-dir", type=Path, default=_cli.DEFAULT_DATA_DIR,
                    help="source catalog folder with train.csv and train/ (boxes.csv used when present); "
                         "default: %(default)s")

@@ -15,7 +15,7 @@ DEFAULTS = SynthConfig()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _cli.Parser(description=__doc__)
     p.add_argument("--out", type=Path, default=_cli.DEFAULT_DATA_DIR, help="catalog folder; default: %(default)s")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="master seed; default: %(default)s")
     p.add_argument("--force", action="store_true", help="replace an existing catalog folder")

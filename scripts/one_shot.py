@@ -34,7 +34,7 @@ from matching.runs.run import discover_runs
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _cli.Parser(description=__doc__)
     p.add_argument("--protocol", type=Path, required=True,
                    help="the one-shot protocol folder (protocol.json, task_000/, ...)")
     p.add_argument("--runs", type=Path, required=True,

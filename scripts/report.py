@@ -9,8 +9,10 @@ and truth.csv when present. Writes <work-dir>/report/index.html and its thumbnai
 
 Per query: its crop, then the five labels of the submission, each whale shown by its best-scoring catalog
 photo, new_whale as its own tile; green/red where truth.csv knows the answer. Filters (only wrong, new_whale
-at rank 1, best-score range), sort by confidence, keys j/k or arrows to move, 1-5 / x to confirm or reject
-(kept in the browser, downloadable as decisions.csv). Open the file in any browser; no server needed.
+at rank 1, best-score range), sort by confidence, keys j/k or arrows to move, 1-5 / x to confirm or reject,
+s to skip (kept in the browser, downloadable as decisions.csv, for scripts/apply_decisions.py); m shows the
+keypoints the local matcher paired between the query and each candidate, when a local member scored them.
+Open the file in any browser; no server needed.
 
   python scripts/report.py && xdg-open work/report/index.html
   python scripts/report.py --limit 500 --embed        # a single shareable file
@@ -29,6 +31,9 @@ def main() -> int:
     _cli.catalog_flags(p)
     p.add_argument("--truth", type=Path, help="truth of the queries (default: <data-dir>/truth.csv when present)")
     p.add_argument("--runs", type=Path, help="trained runs whose curves are drawn (default: <work-dir>/runs)")
+    p.add_argument("--match-lines", type=int, default=200, metavar="N",
+                   help="match lines of the local member (key m) for the first N queries, when a local member "
+                        "scored them (default: %(default)s; 0: none)")
     p.add_argument("--submission", type=Path, help="submission file (default: <work-dir>/submission.csv)")
     p.add_argument("--out", type=Path, help="report folder (default: <work-dir>/report)")
     p.add_argument("--test-matrix", type=Path,
@@ -45,7 +50,7 @@ def main() -> int:
     result = build_report(args.data_dir, args.work_dir, weights=cfg["weights"], out_dir=args.out,
                           submission=args.submission, test_matrix=args.test_matrix, oof_matrix=args.oof_matrix,
                           limit=args.limit, embed=args.embed, test_dir=args.test_dir, boxes_csv=args.boxes,
-                          truth_path=args.truth, runs_dir=args.runs)
+                          truth_path=args.truth, runs_dir=args.runs, match_queries=args.match_lines)
     for note in result.notes:
         print(f"note: {note}")
     if result.map5 is not None:

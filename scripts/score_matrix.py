@@ -36,6 +36,7 @@ from data.catalog import read_folds
 from data.device import pick_device
 from data.distributed import from_env, local_device
 from data.errors import InputError
+from data.folds import leave_one_out_queries
 from matching.runs.embedding import score_meta_embeddings
 from matching.runs.keypoint_scores import keypoint_settings, score_keypoints, validation_images
 from matching.runs.local_scores import local_settings, score_local
@@ -47,6 +48,14 @@ def main() -> int:
     p = _cli.parser(__doc__)
     _cli.catalog_flags(p)
     p.add_argument("--runs", type=Path, help="folder of trained runs (default: <work-dir>/runs)")
+    p.add_argument("--cache-dir", type=Path,
+                   help="the per-photo feature cache, shared by every catalog and batch scored with it "
+                        "(default: <work-dir>/features)")
+    p.add_argument("--oof-queries", type=int, default=0, metavar="N",
+                   help="where --data-dir has no folds.csv: N catalog photos (of individuals with 2 or more) are "
+                        "the out-of-fold queries of the untrained members (keypoints, local matching), each against "
+                        "the catalog without itself, for their calibration and the new_whale threshold "
+                        "(default: %(default)s, none)")
     p.add_argument("--models", nargs="+", help="only these model names (default: every model under --runs)")
     p.add_argument("--budget-mb", type=float, default=512,
                    help="memory for one block of pairs, beside the output matrix (default: %(default)s)")
@@ -69,6 +78,10 @@ def main() -> int:
     catalog = _cli.load_catalog(args, need_test=True)
     folds_path = args.data_dir / "folds.csv"
     folds = read_folds(folds_path, catalog.train) if folds_path.is_file() else None
+    cache_dir = args.cache_dir or args.work_dir / "features"
+    untrained_val = validation_images(folds, runs)
+    if untrained_val is None and args.oof_queries > 0:
+        untrained_val = leave_one_out_queries(catalog.train, args.oof_queries)
     device = pick_device(args.device)
     shards = from_env(device)  # torchrun: query rows split over the processes, rank 0 writes the files
     device = local_device(device)
@@ -80,7 +93,7 @@ def main() -> int:
     for run in runs:
         val = None if folds is None else folds.loc[folds["fold"] == run.fold, "Image"].tolist()
         out_dir = args.work_dir / "scores" / run.model
-        feat_dir = args.work_dir / "features" / run.model / f"fold{run.fold}"
+        feat_dir = cache_dir / run.model / f"fold{run.fold}"
         for path in score_run(run, catalog, val, out_dir, feat_dir, device=device, budget_mb=args.budget_mb,
                               batch=args.batch, shards=shards):
             say(f"  wrote {path}")
@@ -94,17 +107,18 @@ def main() -> int:
                 print(f"  wrote {path}")
     if keypoints is not None:
         kp_start = time.perf_counter()
-        val = validation_images(folds, runs)
+        val = untrained_val
         say(f"keypoint matching: {len(val or [])} out-of-fold queries, {len(catalog.test_images)} test queries")
-        for path in score_keypoints(catalog, val, args.work_dir, keypoints, shards=shards, log=say):
+        for path in score_keypoints(catalog, val, args.work_dir, keypoints, shards=shards, log=say,
+                                    features_dir=cache_dir):
             say(f"  wrote {path}")
         say(f"  keypoint matching took {time.perf_counter() - kp_start:.0f} s")
     if local is not None and shards.main:  # one process: the learned matchers are not split over ranks
         local_start = time.perf_counter()
-        val = validation_images(folds, runs)
+        val = untrained_val
         say(f"local matching ({local['extractor']}, {local['matcher']}): {len(val or [])} out-of-fold queries, "
             f"{len(catalog.test_images)} test queries")
-        for path in score_local(catalog, val, args.work_dir, local, device=device, log=say):
+        for path in score_local(catalog, val, args.work_dir, local, device=device, log=say, features_dir=cache_dir):
             say(f"  wrote {path}")
         say(f"  local matching took {time.perf_counter() - local_start:.0f} s")
     shards.barrier()

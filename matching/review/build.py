@@ -11,6 +11,7 @@ from data.catalog import NEW_WHALE, load_catalog
 from data.io import atomic_path
 from matching.evaluation.submission import read_submission, read_truth
 from matching.metrics import map_at_5
+from matching.review.matches import local_member, match_lines
 from matching.review.page import render_page
 from matching.review.plots import plot_curves, plot_histograms, read_curves
 from matching.review.report import build_rows, labels_for, load_blend, page_data, score_histogram
@@ -33,11 +34,13 @@ def build_report(data_dir: str | Path, work_dir: str | Path, *, weights: Mapping
                  out_dir: Path | None = None, submission: Path | None = None, test_matrix: Path | None = None,
                  oof_matrix: Path | None = None, limit: int | None = None, embed: bool = False,
                  progress: bool = True, test_dir: Path | None = None, boxes_csv: Path | None = None,
-                 truth_path: Path | None = None, runs_dir: Path | None = None) -> ReportResult:
+                 truth_path: Path | None = None, runs_dir: Path | None = None, match_queries: int = 200
+                 ) -> ReportResult:
     """Read the submission, the blended matrices, truth, metrics and photos; write the page (atomically).
     ``test_dir``, ``boxes_csv``: the query photos and boxes when they are not the catalog's own (a batch);
     ``truth_path``: the queries' truth (default ``<data_dir>/truth.csv`` when present); ``runs_dir``: the trained
-    runs whose curves are drawn (default ``<work_dir>/runs``)."""
+    runs whose curves are drawn (default ``<work_dir>/runs``). ``match_queries``: for the first that many queries,
+    the match lines of the local member that scored them (``m`` on the page), when one did; 0: none."""
     data_dir, work_dir = Path(data_dir), Path(work_dir)
     out_dir = out_dir or work_dir / "report"
     submission = submission or work_dir / "submission.csv"
@@ -63,6 +66,14 @@ def build_report(data_dir: str | Path, work_dir: str | Path, *, weights: Mapping
     sources = make_thumbnails(items, lambda kind, name: paths[kind](name), catalog.box, out_dir, embed=embed,
                               progress=progress)
 
+    member = local_member(work_dir / "scores") if match_queries > 0 else None
+    lines = {}
+    if member is not None:
+        pairs = [(r.image, c.image) for r in rows[:match_queries] for c in r.candidates if c.image]
+        lines = match_lines(member, pairs, catalog.test_path, catalog.train_path, catalog.box)
+        notes.append(f"match lines ({member['local']['extractor']}, {member['local']['matcher']}) for "
+                     f"{min(len(rows), match_queries)} queries: press m")
+
     curves = read_curves(runs_dir or work_dir / "runs")
     curve_pngs = {m: plot_curves(curves, m) for m in dict.fromkeys(c.model for c in curves)}
     panels = []
@@ -85,7 +96,7 @@ def build_report(data_dir: str | Path, work_dir: str | Path, *, weights: Mapping
     if blend.weights:
         summary.append("blend " + ", ".join(f"{m} {w:.2f}" for m, w in blend.weights.items()))
     page_id = hashlib.sha1(str(work_dir.resolve()).encode()).hexdigest()[:12]
-    page = render_page(title=f"Match review: {work_dir.name or work_dir}", queries=page_data(rows, index),
+    page = render_page(title=f"Match review: {work_dir.name or work_dir}", queries=page_data(rows, index, lines),
                        thumbs=sources, summary=summary, curves=curve_pngs,
                        histogram=plot_histograms(panels) if panels else None, notes=notes, page_id=page_id)
     out = out_dir / "index.html"

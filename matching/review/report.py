@@ -177,17 +177,20 @@ def score_histogram(matrix: ScoreMatrix, query_labels: Sequence[str | None], gal
     return edges, match, non
 
 
-def page_data(rows: Sequence[QueryRow], thumbs: Mapping[tuple[str, str], int]) -> list[dict]:
+def page_data(rows: Sequence[QueryRow], thumbs: Mapping[tuple[str, str], int],
+              lines: Mapping[tuple[str, str], list[float]] | None = None) -> list[dict]:
     """The rows as the page's JSON: ``n`` name, ``t`` thumbnail index, ``y`` truth, ``b`` best score, ``f``
-    confidence, ``r`` truth rank, ``c`` candidates ``[label, score, catalog photo, thumbnail index, mark]``
-    (thumbnail -1 where there is none; mark 1 correct, 0 wrong, null unknown)."""
+    confidence, ``r`` truth rank, ``c`` candidates ``[label, score, catalog photo, thumbnail index, mark, lines]``
+    (thumbnail -1 where there is none; mark 1 correct, 0 wrong, null unknown; lines: the local matcher's matches
+    ``[qx, qy, gx, gy, ...]`` as fractions of the two crops, null where none were computed)."""
+    lines = lines or {}
     out = []
     for row in rows:
         cands = []
         for c in row.candidates:
             thumb = thumbs.get(("train", c.image), -1) if c.image else -1
             cands.append([c.label, None if c.score is None else round(c.score, 4), c.image, thumb,
-                          None if c.correct is None else int(c.correct)])
+                          None if c.correct is None else int(c.correct), lines.get((row.image, c.image))])
         out.append({"n": row.image, "t": thumbs.get(("test", row.image), -1), "y": row.truth,
                     "b": round(row.best, 4), "f": round(row.confidence, 4), "r": row.truth_rank, "c": cands})
     return out

@@ -86,11 +86,13 @@ def sharded_inliers(path: Path, query: Keypoints, gallery: Keypoints, s: Keypoin
 
 
 def score_keypoints(catalog, val_names: Sequence[str] | None, work_dir: Path, s: KeypointSettings, *,
-                    max_megapixels: float = 60.0, shards: Shards = SINGLE, log=print) -> list[Path]:
+                    max_megapixels: float = 60.0, shards: Shards = SINGLE, log=print,
+                    features_dir: Path | None = None) -> list[Path]:
     """Write ``<work_dir>/scores/keypoints/oof.npz`` + ``calibration.csv`` (given validation images) and
-    ``test.npz``; keypoints and raw inlier counts are kept under ``<work_dir>/features/keypoints/``. With several
+    ``test.npz``; keypoints and raw inlier counts are kept under ``<features_dir>/keypoints/`` (default
+    ``<work_dir>/features``). With several
     ``shards`` (torchrun) the processes share the photos and the query rows; rank 0 writes the score files."""
-    feat_dir = Path(work_dir) / "features" / MODEL
+    feat_dir = Path(features_dir or Path(work_dir) / "features") / MODEL
     out_dir = Path(work_dir) / "scores" / MODEL
     known_df = catalog.train[catalog.train["Id"] != NEW_WHALE]
     known, labels = known_df["Image"].tolist(), known_df["Id"].tolist()

@@ -19,6 +19,8 @@ and the extractor's settings.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -26,25 +28,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.cache import cached_pairs, row_keys
 from data.catalog import NEW_WHALE
 from data.config import deep_merge
 from data.errors import InputError
+from data.io import write_text
 from data.settings import Local, check
 from matching.matrix import ScoreMatrix, load_matrix, save_matrix, self_pairs
 from matching.runs.keypoint_scores import drop_stale_oof, to_probability, write_calibrated_oof
 from matching.similarity.local_features import LocalSet, LocalSettings, cached_local, load_extractor
 from matching.similarity.local_match import lightglue_counts, load_matcher, mnn_matrix, mnn_pairs, shortlist
 
+SETTINGS = "settings.json"  # beside the member's matrices: its local: section and where its features are cached
+
 
 def local_counts(query: LocalSet, gallery: LocalSet, cfg: dict, *, exclude_self: bool, base: np.ndarray | None = None,
-                 device: torch.device | str = "cpu", matcher=None, desc: str = "local") -> dict[str, np.ndarray]:
+                 device: torch.device | str = "cpu", matcher=None, desc: str = "local",
+                 pair_cache=None) -> dict[str, np.ndarray]:
     """The [Q, G] match counts of the ``local:`` section ``cfg`` by member name: ``cfg["name"]``, and
     ``<name>_mnn`` when LightGlue's shortlist came from the mutual-NN count (it was computed anyway). ``base``:
     the shortlist's score matrix when ``shortlist.by`` names another member (rows and columns as ``query`` and
     ``gallery``).
 
     ``matcher: mnn`` with ``by: mnn`` (or no shortlist) counts every pair; with ``by: <model>`` only that
-    model's shortlist (the cheapest shortlisted member). ``matcher: lightglue`` runs on the shortlist."""
+    model's shortlist (the cheapest shortlisted member). ``matcher: lightglue`` runs on the shortlist.
+    ``pair_cache(pairs, compute)``: LightGlue's counts of pairs seen before (:func:`data.cache.cached_pairs`)."""
     by, top = cfg["shortlist"]["by"], cfg["shortlist"]["top"]
     brute = by is None or top >= len(gallery)
     mnn = None
@@ -63,9 +71,12 @@ def local_counts(query: LocalSet, gallery: LocalSet, cfg: dict, *, exclude_self:
     if cfg["matcher"] == "mnn":
         counts = mnn_pairs(query, gallery, pairs, min_similarity=cfg["min_similarity"])
     else:
-        counts = lightglue_counts(matcher or load_matcher(cfg["extractor"], device), query, gallery, pairs,
-                                  min_confidence=cfg["min_confidence"], batch=cfg["batch"], device=device,
-                                  desc=f"{desc} LightGlue")
+        def glue(todo: np.ndarray) -> np.ndarray:
+            return lightglue_counts(matcher or load_matcher(cfg["extractor"], device), query, gallery, todo,
+                                    min_confidence=cfg["min_confidence"], batch=cfg["batch"], device=device,
+                                    desc=f"{desc} LightGlue")
+
+        counts = glue(pairs) if pair_cache is None else pair_cache(pairs, glue)
     result = np.zeros((len(query), len(gallery)), np.float32)
     result[pairs[:, 0], pairs[:, 1]] = counts
     return {cfg["name"]: result, **({f"{cfg['name']}_mnn": mnn} if mnn is not None else {})}
@@ -91,11 +102,14 @@ def _aligned(path: Path, query: Sequence[str], gallery: Sequence[str]) -> np.nda
 
 
 def score_local(catalog, val_names: Sequence[str] | None, work_dir: Path, cfg: dict, *,
-                device: torch.device | str = "cpu", max_megapixels: float = 60.0, log=print) -> list[Path]:
+                device: torch.device | str = "cpu", max_megapixels: float = 60.0, log=print,
+                features_dir: Path | None = None) -> list[Path]:
     """Write ``scores/<name>/oof.npz`` + ``calibration.csv`` (given validation photos) and ``test.npz`` for the
-    completed ``local:`` section ``cfg``."""
+    completed ``local:`` section ``cfg``; features cached under ``<features_dir>/<name>/`` (default
+    ``<work_dir>/features``)."""
     name = cfg["name"]
-    feat_dir, out_dir = Path(work_dir) / "features" / name, Path(work_dir) / "scores" / name
+    feat_dir = Path(features_dir or Path(work_dir) / "features") / name
+    out_dir = Path(work_dir) / "scores" / name
     by = cfg["shortlist"]["by"]
     other = None if cfg["matcher"] == "mnn" or by in (None, "mnn") else Path(work_dir) / "scores" / by
     settings = LocalSettings.from_section(cfg)
@@ -112,7 +126,17 @@ def score_local(catalog, val_names: Sequence[str] | None, work_dir: Path, cfg: d
                             [catalog.box(n) for n in names], names, settings, device=device,
                             max_megapixels=max_megapixels, desc=f"{name} {part}")
 
+    def keys_of(names, path_of) -> np.ndarray:
+        return row_keys(settings.key(), [path_of(n) for n in names], [catalog.box(n) for n in names])
+
     gallery = features(known, catalog.train_path, "catalog")
+    gallery_keys = keys_of(known, catalog.train_path)
+    glue_settings = f"{cfg['matcher']}|{cfg['min_confidence']}"
+    pairs_file = feat_dir / f"pairs_{hashlib.sha1(glue_settings.encode()).hexdigest()[:12]}.npz"
+
+    def pair_cache(query_keys):
+        return lambda pairs, compute: cached_pairs(pairs_file, query_keys, gallery_keys, pairs, compute)
+
     matcher = None if cfg["matcher"] == "mnn" else load_matcher(settings.extractor, device)
     calibs: dict[str, object] = {}
     written = []
@@ -125,7 +149,8 @@ def score_local(catalog, val_names: Sequence[str] | None, work_dir: Path, cfg: d
         query = both.take(np.asarray([where[n] for n in val_names], dtype=np.int64))
         base = None if other is None else _aligned(other / "oof.npz", val_names, known)
         for member, counts in local_counts(query, gallery, cfg, exclude_self=True, base=base, device=device,
-                                            matcher=matcher, desc=f"{name} oof").items():
+                                            matcher=matcher, desc=f"{name} oof",
+                                            pair_cache=pair_cache(keys_of(val_names, catalog.train_path))).items():
             calibs[member], files = write_calibrated_oof(Path(work_dir) / "scores" / member, counts, val_names, known,
                                                          [truth[n] for n in val_names], labels, "sqrt(matches)")
             written += files
@@ -135,10 +160,14 @@ def score_local(catalog, val_names: Sequence[str] | None, work_dir: Path, cfg: d
         test = features(catalog.test_images, catalog.test_path, "test")
         base = None if other is None else _aligned(other / "test.npz", catalog.test_images, known)
         for member, counts in local_counts(test, gallery, cfg, exclude_self=False, base=base, device=device,
-                                            matcher=matcher, desc=f"{name} test").items():
+                                            matcher=matcher, desc=f"{name} test",
+                                            pair_cache=pair_cache(keys_of(catalog.test_images, catalog.test_path))
+                                            ).items():
             matrix = ScoreMatrix(to_probability(counts, calibs.get(member)),
                                  np.asarray(catalog.test_images, dtype=str), np.asarray(known, dtype=str))
             written.insert(0, save_matrix(Path(work_dir) / "scores" / member / "test.npz", matrix))
+    written.append(write_text(json.dumps({"local": cfg, "features": str(feat_dir.resolve())}, indent=2) + "\n",
+                              out_dir / SETTINGS))  # how the review page finds and matches these features again
     return written
 
 

@@ -117,3 +117,40 @@ def lightglue_counts(matcher: torch.nn.Module, query: LocalSet, gallery: LocalSe
         scores = result["matching_scores0"].float().cpu().numpy()  # [B, Kq], 0 where unmatched
         out[group] = (scores >= min_confidence).sum(axis=1)
     return out
+
+
+@torch.no_grad()
+def pair_matches(query: LocalSet, gallery: LocalSet, pairs: np.ndarray, *, matcher: torch.nn.Module | None = None,
+                 min_confidence: float = 0.2, min_similarity: float = 0.0, limit: int = 40,
+                 device: torch.device | str = "cpu") -> list[np.ndarray]:
+    """The matched keypoints of each ``(query row, gallery row)`` pair, what a person checks on the review page:
+    ``[M, 4]`` rows ``(query x, query y, gallery x, gallery y)`` as fractions of each crop's width and height, the
+    ``limit`` surest first. With a LightGlue ``matcher`` its matches above ``min_confidence``; without, the mutual
+    nearest neighbours above ``min_similarity``."""
+    out = []
+    for qi, gi in np.asarray(pairs, dtype=np.int64).reshape(-1, 2):
+        qk, gk = np.flatnonzero(query.valid[qi]), np.flatnonzero(gallery.valid[gi])
+        if len(qk) < 2 or len(gk) < 2:
+            out.append(np.zeros((0, 4), np.float32))
+            continue
+        qp, gp = query.points[qi, qk], gallery.points[gi, gk]
+        if matcher is not None:
+            def side(s, i, keep):
+                return {"keypoints": torch.from_numpy(s.points[i, keep][None]).to(device),
+                        "descriptors": torch.from_numpy(s.descriptors[i, keep][None]).to(device),
+                        "image_size": torch.from_numpy(s.sizes[i][None]).to(device)}
+
+            result = matcher({"image0": side(query, qi, qk), "image1": side(gallery, gi, gk)})
+            to_g = result["matches0"][0].cpu().numpy()
+            conf = result["matching_scores0"][0].float().cpu().numpy()
+            keep = np.flatnonzero((to_g >= 0) & (conf >= min_confidence))
+        else:
+            sims = torch.from_numpy(query.descriptors[qi, qk]) @ torch.from_numpy(gallery.descriptors[gi, gk]).T
+            to_g = sims.argmax(dim=1).numpy()
+            back = sims.argmax(dim=0).numpy()
+            conf = sims.max(dim=1).values.numpy()
+            keep = np.flatnonzero((back[to_g] == np.arange(len(qk))) & (conf > min_similarity))
+        keep = keep[np.argsort(-conf[keep], kind="stable")][:limit]
+        lines = np.concatenate([qp[keep] / query.sizes[qi], gp[to_g[keep]] / gallery.sizes[gi]], axis=1)
+        out.append(lines.astype(np.float32))
+    return out

@@ -7,8 +7,9 @@
 //                  n  image name             t  thumbnail index of the query photo (-1: none)
 //                  y  truth label or null     b  best score          f  confidence (the sort key)
 //                  r  rank of the truth: 1-5, 0 = not in the top 5, null = truth unknown
-//                  c  five candidates, each [label, score, catalog photo, thumbnail index, mark]
-//                     (mark 1 = the truth, 0 = not the truth, null = unknown)
+//                  c  five candidates, each [label, score, catalog photo, thumbnail index, mark, lines]
+//                     (mark 1 = the truth, 0 = not the truth, null = unknown; lines = the local matcher's
+//                     matches [qx, qy, gx, gy, ...] as fractions of the query's and the candidate's crop, or null)
 //     thumbs     image sources (file paths or data: URLs), indexed by the thumbnail indices above
 //     rowHeight  the height of one row in pixels (the same number is put into review.css for .row)
 //     id         names this page's decisions in localStorage ("whale-review:<id>")
@@ -21,7 +22,8 @@
 // div.tile.cand (candidates, with data-label and the classes nw, ok, bad, pick).
 //
 // Keys: j/k or the down/up arrows move between queries; 1-5 confirm that candidate (or click its tile);
-// x records "none"; u clears the decision. Decisions are kept in localStorage and #download saves them
+// x records "none"; s records "skip"; u clears the decision; m shows or hides the match lines of the current row
+// (an svg.lines over it: a line from each matched keypoint of the query to its partner in each candidate). Decisions are kept in localStorage and #download saves them
 // as decisions.csv ("Image,Decision" then one line per decided image). When the script has run to its end
 // it sets data-ready="1" on the body.
 (function () {
@@ -49,7 +51,9 @@
   let current = 0;
   // position in `visible` -> the row element, for the rows now in the DOM
   const renderedRows = new Map();
-  // image name -> decision (a candidate's label, or "none")
+  // whether the current row shows its match lines (key m)
+  let showLines = false;
+  // image name -> decision (a candidate's label, "none" or "skip")
   const decisions = JSON.parse(localStorage.getItem(storageKey) || "{}");
 
   // ---- small helpers ----
@@ -265,7 +269,62 @@
     query.c.forEach(function (candidate, rank) {
       row.appendChild(makeCandidateTile(candidate, rank, position, decision));
     });
+    if (showLines && position === current) {
+      for (const image of row.querySelectorAll("img")) {
+        image.loading = "eager";
+        image.addEventListener("load", function () {
+          drawLines(row, query);
+        });
+      }
+      requestAnimationFrame(function () {
+        drawLines(row, query);
+      });
+    }
     return row;
+  }
+
+  // ---- match lines ----
+
+  const SVG = "http://www.w3.org/2000/svg";
+  const LINE_COLOURS = ["#ffb000", "#00c0ff", "#ff4fd8", "#6cff4f", "#ff6a3d"];
+
+  // Draws (again) the svg.lines of `row`: for each candidate with matches, a line per match from the query's
+  // image to the candidate's, placed by the images' rectangles as displayed.
+  function drawLines(row, query) {
+    const old = row.querySelector("svg.lines");
+    if (old) {
+      old.remove();
+    }
+    const queryImage = row.querySelector(".tile.q img");
+    if (!showLines || !queryImage || !queryImage.complete || !queryImage.naturalWidth) {
+      return;
+    }
+    const base = row.getBoundingClientRect();
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("class", "lines");
+    svg.setAttribute("width", base.width);
+    svg.setAttribute("height", base.height);
+    const q = queryImage.getBoundingClientRect();
+    const tiles = row.querySelectorAll(".tile.cand");
+    query.c.forEach(function (candidate, rank) {
+      const matches = candidate[5];
+      const image = tiles[rank] && tiles[rank].querySelector("img");
+      if (!matches || !image || !image.complete || !image.naturalWidth) {
+        return;
+      }
+      const g = image.getBoundingClientRect();
+      for (let i = 0; i + 3 < matches.length; i += 4) {
+        const line = document.createElementNS(SVG, "line");
+        line.setAttribute("x1", q.left - base.left + matches[i] * q.width);
+        line.setAttribute("y1", q.top - base.top + matches[i + 1] * q.height);
+        line.setAttribute("x2", g.left - base.left + matches[i + 2] * g.width);
+        line.setAttribute("y2", g.top - base.top + matches[i + 3] * g.height);
+        line.setAttribute("stroke", LINE_COLOURS[rank % LINE_COLOURS.length]);
+        line.dataset.rank = rank + 1;
+        svg.appendChild(line);
+      }
+    });
+    row.appendChild(svg);
   }
 
   // ---- keeping only the rows near the viewport in the DOM ----
@@ -377,6 +436,11 @@
       decide(query.c[+key - 1][0]);
     } else if (key === "x") {
       decide("none");
+    } else if (key === "s") {
+      decide("skip");
+    } else if (key === "m") {
+      showLines = !showLines;
+      redrawRow(current);
     } else if (key === "u") {
       decide(null);
     } else {
