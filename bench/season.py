@@ -85,9 +85,10 @@ def main() -> int:
         candidates = pd.read_csv(out / "candidates.csv", dtype={"Image": str, "Id": str}, keep_default_na=False)
         decisions = simulate_decisions(candidates, dict(truth.values), args.error_rate, seed=args.seed + k)
         decisions_csv = write_csv(decisions, out / "decisions.csv")
-        row["wrong_decisions"] = int(sum(d not in (t, "none", "skip") for d, t in
-                                         zip(decisions["Decision"], truth.set_index("Image").loc[decisions["Image"],
-                                                                                              "Id"])))
+        right = truth.set_index("Image").loc[decisions["Image"], "Id"].to_numpy()
+        made = decisions["Decision"].to_numpy()
+        row["wrong_ids"] = int(sum(d not in (t, "none", "skip") for d, t in zip(made, right)))  # a wrong match
+        row["missed"] = int(sum(d == "none" and t != "new_whale" for d, t in zip(made, right)))  # a known one split off
         apply = ["--catalog", str(catalog), "--photos", str(photos), "--decisions", str(decisions_csv)]
         if (out / "boxes.csv").is_file():
             apply += ["--boxes", str(out / "boxes.csv")]

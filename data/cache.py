@@ -122,8 +122,8 @@ def cached_set(cache: Path, keys: np.ndarray, names: Sequence[str], *, compute: 
                shards: Shards = SINGLE) -> S:
     """The set of ``names`` (row keys ``keys``, :func:`row_keys`): rows found under those keys in ``cache`` or its
     folder are reused, ``compute(indices)`` makes the others (the set of those photos, in that order). When any
-    row was computed, the set is written to ``cache`` with the rows it held before (a subset asked for never
-    shrinks a cache). With several ``shards`` each process computes its share of
+    row was computed or came from another file, the set is written to ``cache`` with the rows it held before (a
+    subset asked for never shrinks a cache). With several ``shards`` each process computes its share of
     the missing rows and rank 0 writes the file; every process returns the whole set."""
     cache, keys, names = Path(cache), np.asarray(keys, dtype=str), np.asarray(names, dtype=str)
     if not len(keys):
@@ -161,7 +161,7 @@ def cached_set(cache: Path, keys: np.ndarray, names: Sequence[str], *, compute: 
         order[missing] = start + np.arange(len(missing))
     whole = concat(pieces).take(order)
     whole.names = names  # a photo's row may have been made under another name (the same bytes)
-    if missing.size:
+    if missing.size or any(path != cache for path, *_ in found):  # new rows, or rows from a sibling: write
         shards.barrier()  # every process has read the fresh rows
         if shards.main:
             # the rows of the cache file that this set did not ask for stay: a subset (the review page's

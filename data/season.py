@@ -73,9 +73,9 @@ def batch_truth(catalog: pd.DataFrame, true_id: Mapping[str, str], images: Seque
 def simulate_decisions(candidates: pd.DataFrame, truth: Mapping[str, str], error_rate: float = 0.05,
                        skip_rate: float = 0.02, seed: int = 0) -> pd.DataFrame:
     """The decisions a person makes on the five candidates of each query (candidates.csv: Image, rank, Id): the
-    right candidate when it is among them, else none (a new individual, or one the five missed); with
-    probability ``error_rate`` a wrong one instead (another candidate, or none where the right one was shown),
-    with ``skip_rate`` skip."""
+    right candidate when it is among them, else none (a new individual, or one the five missed). With probability
+    ``error_rate`` a mistake instead: another candidate confirmed (where the right one was shown, half of the
+    mistakes are a none instead), and with ``skip_rate`` a skip."""
     rng = np.random.default_rng(seed)
     rows = []
     for image, group in candidates.sort_values(["Image", "rank"]).groupby("Image", sort=True):
@@ -87,6 +87,9 @@ def simulate_decisions(candidates: pd.DataFrame, truth: Mapping[str, str], error
             decision = SKIP
         elif roll < skip_rate + error_rate:
             wrong = [i for i in shown if i != right]
-            decision = REJECTED[0] if decision != REJECTED[0] or not wrong else str(rng.choice(wrong))
+            if wrong and (decision == REJECTED[0] or rng.random() < 0.5):
+                decision = str(rng.choice(wrong))
+            else:
+                decision = REJECTED[0] if decision != REJECTED[0] else decision
         rows.append((image, decision))
     return pd.DataFrame(rows, columns=["Image", "Decision"])

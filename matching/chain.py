@@ -254,7 +254,8 @@ class Batch:
 def identify_steps(batch: Batch, cfg: Mapping) -> list[Step]:
     """The steps of scripts/identify.py: boxes of the new photos (with a box model), score matrices against the
     catalog, ensemble and submission (with candidates.csv), review page, and the evaluation given truth.
-    ``cfg``: the batch's config as written (its ``local:`` section restated for score_matrix.py)."""
+    ``cfg``: the batch's config as written (its ``local:`` section restated for score_matrix.py; a
+    ``keypoints:`` or ``local:`` section with ``enabled: false`` turns that member off)."""
     b = batch
     where = ["--data-dir", str(b.catalog), "--test-dir", str(b.photos)]
     boxes = b.out / "boxes.csv"
@@ -264,8 +265,12 @@ def identify_steps(batch: Batch, cfg: Mapping) -> list[Step]:
                                                         "--only", "unboxed", "--sheet-count", "0"]))
         where += ["--boxes", str(boxes)]
     members = b.members if b.members != "auto" else ("auto" if b.runs is not None else "on")
+
+    def switch(section: str) -> str:  # a member the config turns off (enabled: false) stays off
+        return "off" if members != "off" and (cfg.get(section) or {}).get("enabled") is False else members
+
     score = [*where, "--work-dir", str(b.out), "--cache-dir", str(b.cache), "--oof-queries", str(b.oof_queries),
-             "--keypoints", members, "--local", members]
+             "--keypoints", switch("keypoints"), "--local", switch("local")]
     if b.runs is not None:
         score += ["--runs", str(b.runs)]
     for item in [*section_overrides(cfg, ["local"]), *b.overrides]:

@@ -78,8 +78,9 @@ def test_rows_carry_candidate_photos_scores_marks_and_confidence():
     assert q1.best == pytest.approx(0.3) and q1.confidence == pytest.approx(0.7)  # new_whale: 1 - best
     assert [c.correct for c in q0.candidates] == [False, True, False, False, False] and q0.truth_rank == 2
     assert q0.confidence == pytest.approx(0.6) and q0.best == pytest.approx(0.9)
-    data = page_data(rows, {("test", "q0"): 0, ("train", "a1"): 1})
-    assert data[1]["c"][1] == ["w_a", 0.9, "a1", 1, 1] and data[1]["t"] == 0 and data[0]["t"] == -1
+    data = page_data(rows, {("test", "q0"): 0, ("train", "a1"): 1}, {("q0", "a1"): [0.1, 0.2, 0.3, 0.4]})
+    assert data[1]["c"][1] == ["w_a", 0.9, "a1", 1, 1, [0.1, 0.2, 0.3, 0.4]] and data[1]["t"] == 0
+    assert data[0]["t"] == -1 and data[1]["c"][0][5] is None  # no match lines for that pair
     assert build_rows(test, gallery_labels, submission, limit=1)[0].image == "q1"
     with pytest.raises(InputError, match="sub.csv.*'q9'"):
         build_rows(test, gallery_labels, {"q9": ["w_a"]}, source="sub.csv")

