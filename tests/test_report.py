@@ -438,7 +438,8 @@ def test_key_m_draws_the_match_lines_of_the_current_row(tiny_catalog, lined, tmp
 
     page = build_report(tiny_catalog, lined, weights=WEIGHTS, progress=False, match_queries=3).page
     first = _page_json(page)["queries"][0]
-    expected = sum(len(c[5]) // 4 for c in first["c"] if c[5] and c[3] >= 0)
+    lined_ranks = [r for r, c in enumerate(first["c"]) if c[5] and c[3] >= 0]
+    expected = len(first["c"][lined_ranks[0]][5]) // 4
     browser = _DevTools(page.as_uri(), tmp_path / "profile")
     count = "document.querySelectorAll('.row.cur svg.lines line').length"
     try:
@@ -464,10 +465,22 @@ def test_key_m_draws_the_match_lines_of_the_current_row(tiny_catalog, lined, tmp
             });
         })()""")
         assert inside
+        ranks = "[...new Set([...document.querySelectorAll('.row.cur svg.lines line')].map(l => +l.dataset.rank))]"
+        assert browser.eval(ranks) == [lined_ranks[0] + 1]  # one candidate at a time
         shot = browser.send("Page.captureScreenshot", {"format": "png"}, browser.session)["data"]
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         (ARTIFACTS / "review_match_lines.png").write_bytes(base64.b64decode(shot))
-        browser.key("m", "KeyM")
-        assert browser.eval(count) == 0
+        def settled(expression, value):
+            for _ in range(50):
+                if browser.eval(expression) == value:
+                    return True
+                time.sleep(0.1)
+            return False
+
+        for rank in lined_ranks[1:]:  # m steps to the next candidate with lines ...
+            browser.key("m", "KeyM")
+            assert settled(ranks, [rank + 1])
+        browser.key("m", "KeyM")  # ... and off after the last
+        assert settled(count, 0)
     finally:
         browser.close()

@@ -10,8 +10,8 @@ The filter state lives in the URL hash, so a view can be bookmarked or opened di
 ``#wrong=1`` (rank 1 wrong), ``new=1`` (``new_whale`` at rank 1), ``min=0.2&max=0.8`` (best score range),
 ``sort=asc|desc`` (by confidence; default: file order), ``q=12`` (the current query).
 Keys: ``j``/``k`` or arrows move between queries, ``1``-``5`` confirm that candidate, ``x`` none of them,
-``s`` skip, ``u`` clears the decision, ``m`` shows the local matcher's match lines on the current row; decisions
-stay in the browser (localStorage) and download as CSV (for scripts/apply_decisions.py).
+``s`` skip, ``u`` clears the decision, ``m`` steps the local matcher's match lines of the current row through its
+candidates; decisions stay in the browser (localStorage) and download as CSV (for scripts/apply_decisions.py).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def render_page(*, title: str, queries: Sequence[dict], thumbs: Sequence[str], s
 <option value="asc">confidence, least sure first</option><option value="desc">confidence, surest first</option>
 </select></label> <button id="download">download decisions.csv</button>
 <div class="help">j/k or &darr;/&uarr;: next/previous query &middot; 1-5 or click: confirm that candidate &middot;
-x: none of them (a new Id) &middot; s: skip &middot; u: clear &middot; m: match lines &middot;
+x: none of them (a new Id) &middot; s: skip &middot; u: clear &middot; m: match lines, candidate by candidate &middot;
 tiles: green = the truth, red = not the truth &middot;
 score = best photo of that whale; conf = score of rank 1 (new_whale: 1 &minus; best)</div></header>
 <main><details><summary>Training curves</summary>{curve_html}</details>

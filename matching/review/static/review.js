@@ -22,8 +22,9 @@
 // div.tile.cand (candidates, with data-label and the classes nw, ok, bad, pick).
 //
 // Keys: j/k or the down/up arrows move between queries; 1-5 confirm that candidate (or click its tile);
-// x records "none"; s records "skip"; u clears the decision; m shows or hides the match lines of the current row
-// (an svg.lines over it: a line from each matched keypoint of the query to its partner in each candidate). Decisions are kept in localStorage and #download saves them
+// x records "none"; s records "skip"; u clears the decision; m steps the match lines of the current row through
+// its candidates and off (an svg.lines over the row: a line from each matched keypoint of the query to its partner
+// in that candidate; pointing at another candidate's tile shows its lines instead). Decisions are kept in localStorage and #download saves them
 // as decisions.csv ("Image,Decision" then one line per decided image). When the script has run to its end
 // it sets data-ready="1" on the body.
 (function () {
@@ -51,8 +52,8 @@
   let current = 0;
   // position in `visible` -> the row element, for the rows now in the DOM
   const renderedRows = new Map();
-  // whether the current row shows its match lines (key m)
-  let showLines = false;
+  // the rank (0-4) of the candidate whose match lines the current row shows (key m), -1: none
+  let lineRank = -1;
   // image name -> decision (a candidate's label, "none" or "skip")
   const decisions = JSON.parse(localStorage.getItem(storageKey) || "{}");
 
@@ -254,6 +255,12 @@
       current = position;
       decide(label);
     };
+    tile.onmouseenter = function () {
+      if (lineRank >= 0 && position === current && rank !== lineRank && candidate[5]) {
+        lineRank = rank;
+        drawLines(tile.parentNode, queries[visible[position]]);
+      }
+    };
     return tile;
   }
 
@@ -269,7 +276,7 @@
     query.c.forEach(function (candidate, rank) {
       row.appendChild(makeCandidateTile(candidate, rank, position, decision));
     });
-    if (showLines && position === current) {
+    if (lineRank >= 0 && position === current) {
       for (const image of row.querySelectorAll("img")) {
         image.loading = "eager";
         image.addEventListener("load", function () {
@@ -285,18 +292,31 @@
 
   // ---- match lines ----
 
+  // The next candidate after `rank` that has match lines, or -1 after the last one.
+  function nextLineRank(query, rank) {
+    if (!query) {
+      return -1;
+    }
+    for (let r = rank + 1; r < query.c.length; r++) {
+      if (query.c[r][5] && query.c[r][5].length) {
+        return r;
+      }
+    }
+    return -1;
+  }
+
   const SVG = "http://www.w3.org/2000/svg";
   const LINE_COLOURS = ["#ffb000", "#00c0ff", "#ff4fd8", "#6cff4f", "#ff6a3d"];
 
-  // Draws (again) the svg.lines of `row`: for each candidate with matches, a line per match from the query's
-  // image to the candidate's, placed by the images' rectangles as displayed.
+  // Draws (again) the svg.lines of `row`: a line per match from the query's image to the image of the candidate at
+  // `lineRank`, placed by the images' rectangles as displayed.
   function drawLines(row, query) {
     const old = row.querySelector("svg.lines");
     if (old) {
       old.remove();
     }
     const queryImage = row.querySelector(".tile.q img");
-    if (!showLines || !queryImage || !queryImage.complete || !queryImage.naturalWidth) {
+    if (lineRank < 0 || !queryImage || !queryImage.complete || !queryImage.naturalWidth) {
       return;
     }
     const base = row.getBoundingClientRect();
@@ -309,7 +329,7 @@
     query.c.forEach(function (candidate, rank) {
       const matches = candidate[5];
       const image = tiles[rank] && tiles[rank].querySelector("img");
-      if (!matches || !image || !image.complete || !image.naturalWidth) {
+      if (rank !== lineRank || !matches || !image || !image.complete || !image.naturalWidth) {
         return;
       }
       const g = image.getBoundingClientRect();
@@ -439,7 +459,7 @@
     } else if (key === "s") {
       decide("skip");
     } else if (key === "m") {
-      showLines = !showLines;
+      lineRank = nextLineRank(query, lineRank);
       redrawRow(current);
     } else if (key === "u") {
       decide(null);
