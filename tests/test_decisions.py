@@ -16,6 +16,7 @@ from data.catalog import TRAIN_ONLY, load_catalog, read_folds, read_train_csv
 from data.decisions import apply_plan, next_ids, plan_decisions
 from data.errors import InputError
 from data.io import write_csv
+from tests.batches import copy_batch, failing_at
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,11 +36,8 @@ def season(tiny_catalog, tmp_path):
     boxes = pd.read_csv(catalog / "boxes.csv")
     write_csv(boxes[boxes["Image"].isin(set(train["Image"]))], catalog / "boxes.csv")
     batch = tmp_path / "batch"
-    batch.mkdir()
     tests = sorted(p.name for p in (tiny_catalog / "test").iterdir())[:3]
-    for name in tests:
-        shutil.copy(tiny_catalog / "test" / name, batch / name)
-    batch_boxes = write_csv(pd.read_csv(tiny_catalog / "boxes.csv").query("Image in @tests"), tmp_path / "boxes.csv")
+    batch_boxes = copy_batch(tiny_catalog, batch, tests, tmp_path / "boxes.csv")
     known = [i for i in train["Id"].unique() if i != "new_whale" and i != "auto_0007"]
     return catalog, batch, tests, known, batch_boxes
 
@@ -116,16 +114,7 @@ def test_a_failure_part_way_puts_the_catalog_back(season, tmp_path, monkeypatch)
     catalog, batch, tests, known, _ = season
     before = {k: v for k, v in snapshot(catalog).items()}
     plan = plan_decisions(catalog, decisions(tmp_path, [(tests[0], known[0]), (tests[1], known[1])]), batch)
-    real = decisions_module.place_file
-    calls = []
-
-    def failing(src, dst, mode):
-        calls.append(dst)
-        if len(calls) == 2:
-            raise OSError("disk full")
-        return real(src, dst, mode)
-
-    monkeypatch.setattr(decisions_module, "place_file", failing)
+    monkeypatch.setattr(decisions_module, "place_file", failing_at(decisions_module.place_file, 2))
     with pytest.raises(OSError, match="disk full"):
         apply_plan(plan)
     after = {k: v for k, v in snapshot(catalog).items() if not k.startswith("backups/")}

@@ -11,6 +11,7 @@ import data.protocol as protocol
 from data.catalog import NEW_WHALE, load_catalog, read_train_csv
 from data.errors import InputError
 from data.protocol import ProtocolConfig, split_catalog, write_protocol
+from tests.batches import failing_at
 
 REPO = Path(__file__).resolve().parents[1]
 RIGHT_WHALE = REPO.parent / "shared" / "data" / "right_whale"
@@ -180,16 +181,7 @@ def test_link_modes(tiny_catalog, tmp_path):
 
 
 def test_failure_midway_leaves_nothing_behind(tiny_catalog, tmp_path, monkeypatch):
-    real = protocol.place_file
-    calls = []
-
-    def flaky(src, dst, mode):
-        calls.append(dst)
-        if len(calls) == 7:
-            raise OSError("disk full")
-        return real(src, dst, mode)
-
-    monkeypatch.setattr(protocol, "place_file", flaky)
+    monkeypatch.setattr(protocol, "place_file", failing_at(protocol.place_file, 7))
     with pytest.raises(OSError, match="disk full"):
         write_protocol(tiny_catalog, tmp_path / "out", ProtocolConfig())
     assert list(tmp_path.iterdir()) == []

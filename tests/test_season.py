@@ -15,15 +15,13 @@ from data.folds import leave_one_out_queries
 from data.io import write_csv
 from data.season import batch_truth, simulate_decisions, split_season, write_season
 from matching.evaluation.submission import candidates_frame
+from tests.batches import copy_batch
 
 
 def test_a_batch_folder_and_its_boxes_file_replace_the_catalogs_own(tiny_catalog, tmp_path):
     batch = tmp_path / "batch"
-    batch.mkdir()
     names = sorted(p.name for p in (tiny_catalog / "test").iterdir())[:2]
-    for n in names:
-        shutil.copy(tiny_catalog / "test" / n, batch / n)
-    boxes = write_csv(pd.read_csv(tiny_catalog / "boxes.csv").query("Image in @names"), tmp_path / "boxes.csv")
+    boxes = copy_batch(tiny_catalog, batch, names, tmp_path / "boxes.csv")
     catalog = load_catalog(tiny_catalog, test_dir=batch, boxes_csv=boxes)
     assert catalog.test_images == names and catalog.test_path(names[0]) == batch / names[0]
     assert set(catalog.boxes) == set(names)  # the given file only
@@ -102,9 +100,7 @@ def test_identify_then_apply_decisions_grows_the_catalog_and_the_next_batch_is_m
     names = sorted(truth["Image"])
     batches = {"b1": names[:6], "b2": names[6:]}
     for batch, members in batches.items():
-        (tmp_path / batch).mkdir()
-        for n in members:
-            shutil.copy(tiny_catalog / "test" / n, tmp_path / batch / n)
+        copy_batch(tiny_catalog, tmp_path / batch, members)
         write_csv(truth[truth["Image"].isin(members)], tmp_path / f"{batch}_truth.csv")
 
     def identify(batch):
