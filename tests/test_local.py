@@ -151,3 +151,23 @@ def test_local_settings_come_from_the_enabling_run_with_set_overrides_on_top(tmp
     forced = local_settings([off], "on", {"shortlist": {"top": 5}})
     assert forced["enabled"] and forced["width"] == 128 and forced["shortlist"] == {"by": "mnn", "top": 5}
     assert local_settings([], "on")["extractor"] == "aliked-n16"
+
+
+def test_scoring_again_without_validation_photos_drops_both_members_stale_calibration(tiny_catalog, tmp_path):
+    from matching.runs.local_scores import SETTINGS, score_local
+
+    catalog = load_catalog(tiny_catalog)
+    cfg = check({"enabled": True, "width": 64, "max_keypoints": 32, "shortlist": {"by": "mnn", "top": 3}}, Local,
+                path="local")
+    known = catalog.train.loc[catalog.train["Id"] != "new_whale", "Image"].tolist()
+    score_local(catalog, known[:6], tmp_path, cfg, log=lambda *a: None)
+    for member in ("local", "local_mnn"):
+        assert (tmp_path / "scores" / member / "oof.npz").is_file()
+        assert (tmp_path / "scores" / member / "test.npz").is_file()
+    assert (tmp_path / "scores" / "local" / SETTINGS).is_file()
+    said = []
+    score_local(catalog, None, tmp_path, cfg, log=said.append)
+    for member in ("local", "local_mnn"):
+        assert not (tmp_path / "scores" / member / "oof.npz").exists()
+        assert not (tmp_path / "scores" / member / "calibration.csv").exists()
+    assert len(said) == 2

@@ -155,7 +155,9 @@ def score_local(catalog, val_names: Sequence[str] | None, work_dir: Path, cfg: d
                                                          [truth[n] for n in val_names], labels, "sqrt(matches)")
             written += files
     else:
-        drop_stale_oof(out_dir, name, log)
+        for member in (name, f"{name}_mnn"):  # the mutual-NN member of a LightGlue run too
+            if member == name or (Path(work_dir) / "scores" / member).is_dir():
+                drop_stale_oof(Path(work_dir) / "scores" / member, member, log)
     if catalog.test_images:
         test = features(catalog.test_images, catalog.test_path, "test")
         base = None if other is None else _aligned(other / "test.npz", catalog.test_images, known)
