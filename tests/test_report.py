@@ -477,6 +477,7 @@ def test_key_m_draws_the_match_lines_of_the_current_row(tiny_catalog, lined, tmp
                 time.sleep(0.1)
             return False
 
+        assert f"lines={lined_ranks[0] + 1}" in browser.eval("location.hash")  # a view to bookmark
         for rank in lined_ranks[1:]:  # m steps to the next candidate with lines ...
             browser.key("m", "KeyM")
             assert settled(ranks, [rank + 1])

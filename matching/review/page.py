@@ -8,7 +8,8 @@ The page's script and style are static/review.{js,css}, put inline.
 
 The filter state lives in the URL hash, so a view can be bookmarked or opened directly:
 ``#wrong=1`` (rank 1 wrong), ``new=1`` (``new_whale`` at rank 1), ``min=0.2&max=0.8`` (best score range),
-``sort=asc|desc`` (by confidence; default: file order), ``q=12`` (the current query).
+``sort=asc|desc`` (by confidence; default: file order), ``q=12`` (the current query), ``lines=1`` (the match lines
+of that candidate on the current row).
 Keys: ``j``/``k`` or arrows move between queries, ``1``-``5`` confirm that candidate, ``x`` none of them,
 ``s`` skip, ``u`` clears the decision, ``m`` steps the local matcher's match lines of the current row through its
 candidates; decisions stay in the browser (localStorage) and download as CSV (for scripts/apply_decisions.py).

@@ -14,7 +14,8 @@
 //     rowHeight  the height of one row in pixels (the same number is put into review.css for .row)
 //     id         names this page's decisions in localStorage ("whale-review:<id>")
 // - the filters in the header (#f-wrong, #f-new, #f-min, #f-max, #f-sort), mirrored in the URL hash
-//   (wrong=1, new=1, min=, max=, sort=asc|desc, q=<current row>) so a view can be bookmarked.
+//   (wrong=1, new=1, min=, max=, sort=asc|desc, q=<current row>, lines=<rank whose match lines show>) so a view
+//   can be bookmarked.
 //
 // Rows are absolutely positioned inside #list at (row number * rowHeight); only the rows in or near the
 // viewport exist in the DOM, built as they scroll into view. Each row is div.row (.cur when current) with
@@ -96,6 +97,7 @@
     controls.min.value = params.get("min") || "";
     controls.max.value = params.get("max") || "";
     controls.sort.value = params.get("sort") || "";
+    lineRank = (parseInt(params.get("lines") || "0", 10) || 0) - 1;
     return parseInt(params.get("q") || "0", 10) || 0;
   }
 
@@ -118,6 +120,9 @@
     }
     if (current) {
       params.set("q", String(current));
+    }
+    if (lineRank >= 0) {
+      params.set("lines", String(lineRank + 1));
     }
     history.replaceState(null, "", "#" + params.toString());
   }
@@ -461,6 +466,7 @@
     } else if (key === "m") {
       lineRank = nextLineRank(query, lineRank);
       redrawRow(current);
+      writeHash();
     } else if (key === "u") {
       decide(null);
     } else {
