@@ -97,9 +97,10 @@ def _read(path: Path, load: Callable[[dict], S]) -> tuple[S, np.ndarray] | None:
         return None
 
 
-def _lookup(cache: Path, keys: np.ndarray, load: Callable[[dict], S]) -> list[tuple[Path, S, np.ndarray]]:
-    """(file, set, the rows of it that hold ``keys``: -1 where it has none) of the cache and its sibling files, the
-    cache first, as far as they are needed."""
+def _lookup(cache: Path, keys: np.ndarray, load: Callable[[dict], S]
+            ) -> list[tuple[Path, S, np.ndarray, np.ndarray]]:
+    """(file, set, its row keys, the rows of it that hold ``keys``: -1 where it has none) of the cache and of its
+    sibling files that hold some of ``keys``, the cache first, as far as they are needed."""
     found, wanted = [], np.ones(len(keys), bool)
     siblings = sorted(p for p in cache.parent.glob("*.npz") if p != cache) if cache.parent.is_dir() else []
     for path in [cache, *siblings]:
@@ -112,7 +113,7 @@ def _lookup(cache: Path, keys: np.ndarray, load: Callable[[dict], S]) -> list[tu
         where = {k: i for i, k in enumerate(stored_keys)}
         rows = np.asarray([where.get(k, -1) if w else -1 for k, w in zip(keys, wanted)], dtype=np.int64)
         if (rows >= 0).any():
-            found.append((path, stored, rows))
+            found.append((path, stored, stored_keys, rows))
             wanted &= rows < 0
     return found
 
@@ -122,8 +123,9 @@ def cached_set(cache: Path, keys: np.ndarray, names: Sequence[str], *, compute: 
                shards: Shards = SINGLE) -> S:
     """The set of ``names`` (row keys ``keys``, :func:`row_keys`): rows found under those keys in ``cache`` or its
     folder are reused, ``compute(indices)`` makes the others (the set of those photos, in that order). When any
-    row was computed or came from another file, the set is written to ``cache`` with the rows it held before (a
-    subset asked for never shrinks a cache). With several ``shards`` each process computes its share of
+    row was computed or came from another file, the set is written to ``cache``, with the rows the cache held
+    before when it held some of the set (a subset asked for never shrinks a cache; a cache with none of it, made
+    with other settings or for another batch, is replaced). With several ``shards`` each process computes its share of
     the missing rows and rank 0 writes the file; every process returns the whole set."""
     cache, keys, names = Path(cache), np.asarray(keys, dtype=str), np.asarray(names, dtype=str)
     if not len(keys):
@@ -134,7 +136,7 @@ def cached_set(cache: Path, keys: np.ndarray, names: Sequence[str], *, compute: 
         have |= rows >= 0
     missing = np.flatnonzero(~have)
     if not missing.size and len(found) == 1 and found[0][0] == cache:
-        _, stored, rows = found[0]
+        _, stored, _, rows = found[0]
         if len(stored) == len(keys) and np.array_equal(rows, np.arange(len(keys))) \
                 and np.array_equal(stored.names, names):
             return stored  # the cache holds exactly this set
@@ -151,7 +153,7 @@ def cached_set(cache: Path, keys: np.ndarray, names: Sequence[str], *, compute: 
 
         shards.assemble(fresh_path, write_part, join)
     pieces, order, start = [], np.empty(len(keys), dtype=np.int64), 0
-    for _, stored, rows in found:
+    for _, stored, _, rows in found:
         hit = np.flatnonzero(rows >= 0)
         pieces.append(stored.take(rows[hit]))
         order[hit] = start + np.arange(len(hit))
@@ -166,11 +168,14 @@ def cached_set(cache: Path, keys: np.ndarray, names: Sequence[str], *, compute: 
         if shards.main:
             # the rows of the cache file that this set did not ask for stay: a subset (the review page's
             # candidates) must not shrink the catalog's cache
-            own = next(((stored, rows) for path, stored, rows in found if path == cache), None)
-            kept = [] if own is None else np.setdiff1d(np.arange(len(own[0])), own[1][own[1] >= 0])
-            old_keys = _read(cache, load)[1][kept] if len(kept) else np.zeros(0, str)
-            union = concat([whole, own[0].take(kept)]) if len(kept) else whole
-            save_npz(cache, **to_arrays(union), keys=np.concatenate([keys, old_keys]))
+            own = next(((stored, stored_keys, rows) for path, stored, stored_keys, rows in found if path == cache),
+                       None)
+            kept = [] if own is None else np.setdiff1d(np.arange(len(own[0])), own[2][own[2] >= 0])
+            if len(kept):
+                whole_and_old = concat([whole, own[0].take(kept)])
+                save_npz(cache, **to_arrays(whole_and_old), keys=np.concatenate([keys, own[1][kept]]))
+            else:
+                save_npz(cache, **to_arrays(whole), keys=keys)
             fresh_path.unlink(missing_ok=True)
         shards.barrier()
     return whole
