@@ -57,12 +57,14 @@ def _validated(tree: dict, schema: type, source: str | Path, *, complete: bool) 
         raise
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, schema: type = Settings) -> dict[str, Any]:
+def load_config(path: str | Path, overrides: list[str] | None = None, schema: type = Settings, *,
+                complete: bool = True) -> dict[str, Any]:
     """Read ``path``, resolving ``base:`` chains relative to each file, then apply ``key=value`` overrides.
 
     Each file and each override is checked against ``schema`` (:class:`data.settings.Settings`, or
     :class:`data.settings.Bbox` for the box detector), so a bad key names the file or ``--set`` it came from;
-    the result is a plain dict with every key of the schema, defaults filled in."""
+    the result is a plain dict with every key of the schema, defaults filled in (with ``complete`` false: only
+    the keys the files and overrides set, checked the same way)."""
     path = Path(path)
     if not path.is_absolute() and not path.exists() and (CONFIG_DIR / path).exists():
         path = CONFIG_DIR / path
@@ -84,10 +86,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None, schema: ty
     cfg: dict[str, Any] = {}
     for layer in reversed(layers):
         cfg = deep_merge(cfg, layer)
-    cfg = _validated(cfg, schema, path, complete=True)
+    cfg = _validated(cfg, schema, path, complete=complete)
     for item in overrides or []:
         apply_override(cfg, item, schema)
-        cfg = check(cfg, schema, f"--set {item}")  # what an override replaced whole may lack a required key
+        # what an override replaced whole may lack a required key
+        cfg = check(cfg, schema, f"--set {item}", complete=complete)
     return cfg
 
 

@@ -248,14 +248,14 @@ class Batch:
     truth: Path | None = None  # the batch's truth (a simulated season): MAP@5 printed
     oof_queries: int = 200  # leave-one-out queries of the untrained members where the catalog has no folds.csv
     members: str = "auto"  # keypoints and local matching: auto (on without runs, else as the runs' configs say)
-    overrides: tuple[str, ...] = ()  # --set items for score_matrix.py
 
 
 def identify_steps(batch: Batch, cfg: Mapping) -> list[Step]:
     """The steps of scripts/identify.py: boxes of the new photos (with a box model), score matrices against the
     catalog, ensemble and submission (with candidates.csv), review page, and the evaluation given truth.
-    ``cfg``: the batch's config as written (its ``local:`` section restated for score_matrix.py; a
-    ``keypoints:`` or ``local:`` section with ``enabled: false`` turns that member off)."""
+    ``cfg``: the batch's config as its files and ``--set`` items write it, ``base:`` chain resolved, no defaults
+    filled in (``load_config(..., complete=False)``): its ``local:`` section is restated for score_matrix.py, and a
+    ``keypoints:`` or ``local:`` section with ``enabled: false`` turns that member off."""
     b = batch
     where = ["--data-dir", str(b.catalog), "--test-dir", str(b.photos)]
     boxes = b.out / "boxes.csv"
@@ -273,7 +273,7 @@ def identify_steps(batch: Batch, cfg: Mapping) -> list[Step]:
              "--keypoints", switch("keypoints"), "--local", switch("local")]
     if b.runs is not None:
         score += ["--runs", str(b.runs)]
-    for item in [*section_overrides(cfg, ["local"]), *b.overrides]:
+    for item in section_overrides(cfg, ["local"]):
         score += ["--set", item]
     truth = ["--truth", str(b.truth)] if b.truth is not None else []
     steps += [

@@ -21,10 +21,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import yaml
-
 import _cli
 from data.catalog import load_catalog
+from data.config import load_config
 from data.errors import InputError
 from matching.chain import Batch, identify_steps, run_steps
 
@@ -47,15 +46,13 @@ def main() -> int:
                    help="keypoints and local matching: auto = on without --runs, else as the runs' configs say "
                         "(default: %(default)s)")
     args = p.parse_args()
-    cfg = yaml.safe_load(args.config.read_text()) or {}
-    _cli.config_from(args)  # the config and --set checked before anything runs
+    cfg = load_config(args.config, args.overrides, complete=False)  # checked before anything runs; as written
     catalog = load_catalog(args.catalog, test_dir=args.photos)  # bad input: one line now, not in a step
     if args.runs is not None and not args.runs.is_dir():
         raise InputError(args.runs, "runs folder not found")
     out = args.out or args.work_dir / args.photos.resolve().name
     batch = Batch(args.catalog, args.photos, out, args.work_dir / "features", args.config, runs=args.runs,
-                  box_model=args.box_model, truth=args.truth, oof_queries=args.oof_queries, members=args.members,
-                  overrides=tuple(args.overrides))
+                  box_model=args.box_model, truth=args.truth, oof_queries=args.oof_queries, members=args.members)
     print(f"{len(catalog.test_images)} new photos in {args.photos} against {len(catalog.train)} catalog photos "
           f"({catalog.train['Id'].nunique()} Ids) of {args.catalog}; results in {out}")
     start = time.perf_counter()

@@ -140,3 +140,19 @@ def test_identify_then_apply_decisions_grows_the_catalog_and_the_next_batch_is_m
     assert photos <= set(grown["Image"])
     cached = np.load(tmp_path / "work" / "features" / "local" / "catalog.npz")
     assert set(grown.loc[grown["Id"] != "new_whale", "Image"]) <= set(cached["names"].tolist())
+
+
+def test_identify_restates_the_local_section_its_config_inherits_and_turns_off_what_it_disables(tmp_path):
+    from pathlib import Path
+
+    from data.config import load_config
+    from matching.chain import Batch, identify_steps
+
+    (tmp_path / "parent.yaml").write_text("local:\n  matcher: mnn\n  shortlist: {by: mnn, top: 7}\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nkeypoints:\n  enabled: false\nlocal:\n  width: 96\n")
+    cfg = load_config(tmp_path / "child.yaml", ["local.min_similarity=0.5"], complete=False)
+    batch = Batch(Path("catalog"), Path("photos"), Path("out"), Path("cache"), tmp_path / "child.yaml")
+    score = next(s for s in identify_steps(batch, cfg) if s.script == "score_matrix.py").args
+    items = {score[i + 1] for i, a in enumerate(score) if a == "--set"}
+    assert {"local.matcher=mnn", "local.shortlist.top=7", "local.width=96", "local.min_similarity=0.5"} <= items
+    assert score[score.index("--keypoints") + 1] == "off" and score[score.index("--local") + 1] == "on"
