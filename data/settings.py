@@ -114,13 +114,13 @@ class Train:
     augment_strength: float = key(1.0, at_least=0.0)  # scales it (1.0: the 5th place's ranges)
     feature_batch: int = key(64, at_least=1)  # images per batch when computing features
     frozen_views: int = key(0, at_least=0)  # frozen branch: cached augmented views per photo
-    trainable_stages: int = key(0, at_least=0)  # not built yet (the trainer refuses other values)
-    average_last: int = key(0, at_least=0)  # not built yet (the trainer refuses other values)
+    trainable_stages: int = key(0, at_least=0)  # > 0: unfrozen blocks train only the branch's last N stages
+    average_last: int = key(0, at_least=0)  # > 0: a stage's last k epochs averaged into averaged.pt
     val_mode: Literal["sum", "max"] = "sum"  # validation ranking: sum or best of a whale's photo scores
     validate_start: bool = False  # score the untrained model before the first epoch
     weight_decay: float = key(0.0, at_least=0.0)
     head_lr_mult: float = key(10.0, at_least=0.0)  # arcface: neck and margin head lr = this x the block's lr
-    neck_lr_mult: float = key(1.0, at_least=0.0)  # not built yet (the trainer refuses other values)
+    neck_lr_mult: float = key(1.0, at_least=0.0)  # siamese: the neck's lr = this x the block's lr
     warmup_epochs: float = key(0.0, at_least=0.0)  # arcface: linear warm-up at the start of each stage
     lr_schedule: Literal["cosine", "constant"] = "cosine"  # arcface: per block
     min_lr_factor: float = key(0.01, at_least=0.0)  # arcface: the cosine's end, x the block's lr

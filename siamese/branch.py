@@ -105,7 +105,10 @@ class Branch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.addcmul(self.input_shift.view(1, -1, 1, 1), x, self.input_scale.view(1, -1, 1, 1))
-        maps = self.backbone.forward_features(x)
+        return self.pooled(self.backbone.forward_features(x))
+
+    def pooled(self, maps: torch.Tensor) -> torch.Tensor:
+        """The backbone's output maps -> features: ReLU (not after a truncated stage), pooling, normalisation."""
         features = self.pool(F.relu(maps) if self.relu else maps)
         if self.normalize:  # unit length times sqrt(D): each feature of order 1, x.y = D * cosine
             features = F.normalize(features.float(), dim=-1).to(features.dtype) * self.out_dim ** 0.5

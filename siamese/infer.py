@@ -14,6 +14,18 @@ from data.datasets import ImageDataset, make_loader
 from data.device import autocast
 
 
+class Flipped(torch.nn.Module):
+    """A module applied to horizontally mirrored images."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+        self.out_dim = getattr(module, "out_dim", 0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images.flip(-1))
+
+
 class _View(Dataset):
     """Item ``i`` is random training view number ``draw`` of image ``i`` (a pure function of seed, i, draw)."""
 

@@ -6,6 +6,10 @@ Siamese family, a margin classifier for the ArcFace one); this loop owns everyth
 - the schedule (``train.stages``, :mod:`siamese.schedule`), the seeds of every epoch, the learning rate;
 - the trunk cache of frozen blocks: the objective's trunk features, computed at the first frozen epoch and
   kept while the trunk stays frozen (consecutive frozen blocks of a stage), and the validation features;
+- partial fine-tuning (``train.trainable_stages: N``, :mod:`siamese.stages`): the blocks that train the branch
+  train its last N stages only, on cached stem maps of the same views a frozen block uses (a *tail block*);
+- checkpoint averaging (``train.average_last: k``): the weights after each of a stage's last k epochs averaged
+  into ``averaged.pt``, validated, and made the stage's ``best.pt`` where they validate better;
 - validation after each block, ``best.pt`` per stage, ``last.pt`` where a resumed run needs nothing else,
   ``metrics.csv`` per stage, and a stage hand-over from the best weights of the stage before.
 
@@ -30,10 +34,10 @@ from data.catalog import NEW_WHALE
 from data.checkpoint import load_checkpoint, save_checkpoint
 from data.device import needs_grad_scaler
 from data.distributed import SINGLE, Shards
-from data.errors import InputError
 from data.io import write_csv
-from siamese.infer import compute_features
+from siamese.infer import Flipped, compute_features
 from siamese.schedule import Position, Stage, global_epoch, parse_schedule
+from siamese.stages import Stem, Tail, split_branch
 
 
 @dataclass
@@ -102,9 +106,6 @@ class FoldTrainer:
                  device: torch.device, log: Callable[[str], None] = print, shards: Shards = SINGLE):
         self.cfg = cfg
         self.tcfg = self.cfg["train"]
-        for name, off in (("trainable_stages", 0), ("average_last", 0), ("neck_lr_mult", 1.0)):
-            if self.tcfg[name] != off:  # in the schema for the runs that carry them, not built yet
-                raise InputError(None, f"train.{name} is not implemented yet; leave it at {off}")
         self.shards = shards
         self.model = model.to(device)
         # fp16 autocast (GPUs without bf16) underflows small gradients unless the loss is scaled
@@ -125,18 +126,39 @@ class FoldTrainer:
         self.frozen_feats: torch.Tensor | None = None  # the objective's trunk features of a frozen block
         self.trunk_cache: dict[str, np.ndarray] = {}  # validation trunk features while the trunk stays frozen
         self._ddp: DistributedDataParallel | None = None
+        self.stem: Stem | None = None
+        self.tail: Tail | None = None
+        if self.tcfg["trainable_stages"]:
+            self.stem, self.tail = split_branch(self.model.branch, self.tcfg["trainable_stages"])
+        self.stem_cache: dict[tuple, np.ndarray] = {}  # stem maps per (images, size, view, mirrored)
+        self.tail_block = False  # the current block trains the branch's tail on cached stem maps
+        self.average = CheckpointAverage(self.tcfg["average_last"])
         objective.bind(self)
         self.optimizer = objective.optimizer()
 
     # ---- features -----------------------------------------------------------------------
     def features(self, paths, boxes, size: int, desc: str, view: int = 0,
-                 module: torch.nn.Module | None = None) -> np.ndarray:
+                 module: torch.nn.Module | None = None, stem: bool = False) -> np.ndarray:
         """``module``'s features (the branch by default) of every image: the test-time crop, or random training
-        view ``view``; with several ranks each computes its rows and all get the whole."""
+        view ``view``; with several ranks each computes its rows and all get the whole.
+
+        With ``train.trainable_stages`` the branch (or its mirror, ``Flipped``) runs as the cached stem maps
+        through the tail; ``stem``: the stem maps themselves (what a tail block trains on)."""
+        if self.stem is not None and (module is None or getattr(module, "module", None) is self.model.branch):
+            flipped = module is not None
+            key = (hash(tuple(map(str, paths))), hash(tuple(map(str, boxes))), size, view, flipped)
+            if key not in self.stem_cache:
+                self.stem_cache[key] = self._computed(paths, boxes, size, f"{desc} (stem)", view,
+                                                      Flipped(self.stem) if flipped else self.stem)
+            maps = self.stem_cache[key]
+            return maps if stem else self.tail_features(torch.from_numpy(maps)).cpu().numpy()
+        return self._computed(paths, boxes, size, desc, view, self.model.branch if module is None else module)
+
+    def _computed(self, paths, boxes, size: int, desc: str, view: int, module: torch.nn.Module) -> np.ndarray:
         rows = self.shards.rows(len(paths))
         paths, boxes = list(paths)[rows], list(boxes)[rows]
         t = self.tcfg
-        part = compute_features(self.model.branch if module is None else module, paths, boxes, size,
+        part = compute_features(module, paths, boxes, size,
                                 channels=self.channels, batch=t["feature_batch"], device=self.device,
                                 workers=t["workers"], amp=t["amp"], max_megapixels=self.cfg["data"]["max_megapixels"],
                                 desc=desc, view=view, seed=self.seed, augment_strength=t["augment_strength"],
@@ -149,6 +171,43 @@ class FoldTrainer:
         if key not in self.trunk_cache:
             self.trunk_cache[key] = self.features(paths, boxes, size, desc)
         return self.trunk_cache[key]
+
+    @torch.no_grad()
+    def tail_features(self, maps: torch.Tensor) -> torch.Tensor:
+        """The tail (in eval mode) over stem maps, in batches of ``train.feature_batch``, on the device."""
+        tail, batch = self.tail, self.tcfg["feature_batch"]
+        was_training = tail.training
+        tail.eval()
+        try:
+            parts = [tail(maps[i:i + batch].to(self.device)).float() for i in range(0, len(maps), batch)]
+        finally:
+            tail.train(was_training)
+        return torch.cat(parts) if parts else torch.zeros((0, tail.out_dim), device=self.device)
+
+    def cached_block(self, block) -> bool:
+        """Whether ``block`` trains on cached inputs: trunk features (frozen) or stem maps (a tail block)."""
+        return block.freeze_branch or self.stem is not None
+
+    def cached_view(self, view: int) -> torch.Tensor:
+        """Trunk features of cached view ``view`` of the objective's items (through the tail in a tail block)."""
+        cached = self.frozen_feats[view]
+        return self.tail_features(cached) if self.tail_block else cached
+
+    def cached_forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """A batch of cached inputs to trunk features, with gradients through the tail in a tail block."""
+        return self.tail(inputs) if self.tail_block else inputs
+
+    def cached_parameters(self) -> list[torch.nn.Parameter]:
+        """What trains besides the objective's own modules in a cached block: the tail's stages in a tail block."""
+        return self.tail.stage_parameters() if self.tail_block else []
+
+    def cached_train_mode(self) -> None:
+        """Modes for an epoch on cached inputs: the branch in eval, or its tail training in a tail block (batch
+        norm frozen with ``train.freeze_bn``)."""
+        if self.tail_block:
+            self.train_branch_mode()
+        else:
+            self.model.branch.eval()
 
     @torch.no_grad()
     def neck_features(self, trunk: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -208,7 +267,8 @@ class FoldTrainer:
         g = global_epoch(self.stages, pos)
         rng = np.random.default_rng([self.seed, g])
         torch.manual_seed(self.seed * 1_000_003 + g)
-        if block.freeze_branch and self.frozen_feats is None:
+        self.tail_block = self.stem is not None and not block.freeze_branch
+        if self.cached_block(block) and self.frozen_feats is None:
             self.frozen_feats = self.objective.frozen_features(stage.size)
         for group in self.optimizer.param_groups:
             group["lr"] = block.lr * group.get("mult", 1.0)
@@ -226,7 +286,7 @@ class FoldTrainer:
 
     def _state(self, nxt: Position) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
+                "scaler": self.scaler.state_dict(), "average": self.average.state_dict(),
                 "position": [nxt.stage, nxt.block, nxt.epoch], "best_map5": self.best_map5, "rows": self.rows,
                 "seed": self.seed, "torch_rng": torch.get_rng_state(), **self.objective.state_dict()}
 
@@ -247,6 +307,8 @@ class FoldTrainer:
             self.model.load_state_dict(best["model"])
         self.optimizer = self.objective.optimizer()
         self.best_map5 = -1.0
+        self.average.reset()
+        self.stem_cache = {}  # another size
 
     def resume(self) -> Position | None:
         """Load the newest ``last.pt`` of this run; the position to continue from, or None when there is none."""
@@ -265,6 +327,7 @@ class FoldTrainer:
                 if state.get("scaler"):
                     self.scaler.load_state_dict(state["scaler"])
                 self.best_map5 = float(state["best_map5"])
+                self.average.load_state_dict(state.get("average", {}))
             self.rows = list(state["rows"])
             torch.set_rng_state(state["torch_rng"])
             return pos
@@ -315,6 +378,10 @@ class FoldTrainer:
             row["seconds"] = round(time.perf_counter() - t0, 2)
             self.rows.append(row)
             self._log_row(row)
+            if self.average.k and stage_epoch(stage, pos) >= stage_epochs(stage) - self.average.k:
+                self.average.add(self.model.state_dict())
+            if nxt.stage != pos.stage and self.average.count:
+                self._averaged(stage)
             if block_done or self.objective.resumable_after(pos, block):
                 self._save(sdir / "last.pt", self._state(nxt))
             self._write_metrics()
@@ -322,6 +389,32 @@ class FoldTrainer:
                 self.start_stage(nxt.stage)
             pos = nxt
         return pd.DataFrame(self.rows)
+
+    def _averaged(self, stage: Stage) -> None:
+        """The stage's averaged weights: validated, written to ``averaged.pt``, and to ``best.pt`` where they
+        validate better than the best epoch; the model keeps its last weights (``last.pt``)."""
+        t0 = time.perf_counter()
+        last = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.average.mean())
+        self.frozen_feats, self.trunk_cache = None, {}  # the tail may have changed: no cached trunk features
+        map5, threshold = self.validate(stage.size)
+        sdir = stage_dir(self.run_dir, stage)
+        state = {"model": self.model.state_dict(), "val_map5": map5, "threshold": threshold, "size": stage.size,
+                 "epochs_averaged": self.average.count}
+        self._save(sdir / "averaged.pt", state)
+        kept = map5 > self.best_map5
+        if kept:
+            self.best_map5 = map5
+            self._save(sdir / "best.pt", state)
+        self.model.load_state_dict(last)
+        self.frozen_feats, self.trunk_cache = None, {}
+        prev = self.rows[-1]
+        row = {**prev, "lr": float("nan"), "loss": float("nan"), "val_map5": round(map5, 6),
+               "threshold": round(threshold, 6), "seconds": round(time.perf_counter() - t0, 2),
+               "averaged": self.average.count}
+        self.rows.append(row)
+        self.log(f"{stage.size}px, the last {self.average.count} epochs averaged: val MAP@5 {map5:.4f} "
+                 f"(threshold {threshold:.3f}){', now best.pt' if kept else ''}")
 
     def _trunk_unchanged(self, pos: Position) -> bool:
         """True at the start of a frozen block that follows a frozen block of the same stage: the trunk has not
@@ -358,3 +451,46 @@ class FoldTrainer:
         if not np.isnan(row["val_map5"]):
             msg += f"  val MAP@5 {row['val_map5']:.4f} (threshold {row['threshold']:.3f})"
         self.log(msg)
+
+
+def stage_epoch(stage: Stage, pos: Position) -> int:
+    """The epoch's index within its stage (0-based, over the stage's blocks)."""
+    return sum(b.epochs for b in stage.blocks[:pos.block]) + pos.epoch
+
+
+def stage_epochs(stage: Stage) -> int:
+    return sum(b.epochs for b in stage.blocks)
+
+
+class CheckpointAverage:
+    """The running sum of a model's weights over the last ``k`` epochs of a stage (``train.average_last``).
+    Floating-point tensors are averaged; integer ones (batch norm's counters) keep their latest value."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0
+        self.total: dict[str, torch.Tensor] = {}
+
+    def add(self, state: dict[str, torch.Tensor]) -> None:
+        for name, value in state.items():
+            value = value.detach()
+            if value.is_floating_point():
+                value = value.double()
+                self.total[name] = self.total[name] + value if name in self.total else value.clone()
+            else:
+                self.total[name] = value.clone()
+        self.count += 1
+
+    def mean(self) -> dict[str, torch.Tensor]:
+        return {k: (v / self.count).float() if v.is_floating_point() else v for k, v in self.total.items()}
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "total": self.total} if self.count else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reset()
+        if state:
+            self.count, self.total = int(state["count"]), dict(state["total"])

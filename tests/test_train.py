@@ -154,12 +154,21 @@ def test_compile_option_keeps_checkpoint_names_and_the_scaler_is_off_without_fp1
     assert not compiled.scaler.is_enabled() and not plain.scaler.is_enabled()  # CPU: no fp16 autocast
 
 
-@pytest.mark.parametrize("key, value", [("trainable_stages", 2), ("average_last", 3), ("neck_lr_mult", 2.0)])
-def test_settings_not_built_yet_are_refused_not_ignored(tiny_catalog, tmp_path, key, value):
+def test_neck_lr_mult_gives_the_siamese_neck_its_own_lr_and_arcface_refuses_it(tiny_catalog, tmp_path):
     from data.errors import InputError
 
     catalog = load_catalog(tiny_catalog, need_test=False)
     train_df, val_df = fold_split(read_folds(tiny_catalog / "folds.csv"), 0, include_singletons=True)
-    cfg = {"model": dict(MODEL), "train": {"stages": STAGES, "workers": 0, key: value}}
-    with pytest.raises(InputError, match=f"train.{key} is not implemented"):
-        family_of(cfg).trainer(cfg, build_fold_data(catalog, train_df, val_df), tmp_path, torch.device("cpu"))
+    data = build_fold_data(catalog, train_df, val_df)
+    model = {**MODEL, "neck": {"dim": 8, "dropout": 0.0}}
+    cfg = {"model": model, "train": {"stages": STAGES, "workers": 0, "neck_lr_mult": 3.0}}
+    trainer = family_of(cfg).trainer(cfg, data, tmp_path / "s", torch.device("cpu"), log=lambda _: None)
+    trainer.run_epoch(Position(0, 0, 0))
+    groups = {g["mult"]: g for g in trainer.optimizer.param_groups}
+    assert {id(p) for p in groups[3.0]["params"]} == {id(p) for p in trainer.model.neck.parameters()}
+    assert groups[3.0]["lr"] == pytest.approx(3.0 * groups[1.0]["lr"])
+    arc = {"model": {"name": "a", "family": "arcface", "branch": "test_efficientnet", "pretrained": False},
+           "train": {"stages": [{"size": 32, "blocks": [{"epochs": 1, "lr": 1e-3, "batch": 8}]}], "workers": 0,
+                     "neck_lr_mult": 3.0}}
+    with pytest.raises(InputError, match="head_lr_mult"):
+        family_of(arc).trainer(arc, data, tmp_path / "a", torch.device("cpu"))

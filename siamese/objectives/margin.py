@@ -23,23 +23,12 @@ from data.errors import InputError
 from matching.ranking.rank import tune_threshold
 from matching.similarity.cosine import similarity
 from siamese.arcface import batch_hard_triplet, classification_loss
+from siamese.infer import Flipped
 from siamese.objectives import Objective
 from siamese.schedule import Position
 from siamese.trainer import FoldData
 
 MIRROR_SUFFIX = "__mirror"
-
-
-class Flipped(torch.nn.Module):
-    """A module applied to horizontally mirrored images."""
-
-    def __init__(self, module: torch.nn.Module):
-        super().__init__()
-        self.module = module
-        self.out_dim = getattr(module, "out_dim", 0)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.module(images.flip(-1))
 
 
 def class_items(labels: np.ndarray, mirror: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
@@ -120,6 +109,9 @@ class MarginObjective(Objective):
         super().bind(trainer)
         if trainer.shards.world > 1:
             raise InputError(None, "the arcface family trains in one process; run it without torchrun")
+        if trainer.tcfg["neck_lr_mult"] != 1.0:
+            raise InputError(None, "the arcface family sets its neck's lr with train.head_lr_mult; "
+                                   "leave train.neck_lr_mult at 1")
         if trainer.model.margin.classes != len(self.classes):
             raise InputError(None, f"the margin head has {trainer.model.margin.classes} classes, "
                                    f"the fold {len(self.classes)}")
@@ -162,10 +154,10 @@ class MarginObjective(Objective):
     def _item_view(self, size: int, view: int) -> torch.Tensor:
         t, d = self.trainer, self.trainer.data
         what = "branch features" if view == 0 else f"branch features, view {view}"
-        out = t.features(d.train_paths, d.train_boxes, size, what, view)[self.index]
+        out = t.features(d.train_paths, d.train_boxes, size, what, view, stem=t.tail_block)[self.index]
         if self.flip.any():
             flipped = t.features(d.train_paths, d.train_boxes, size, f"mirrored {what}", view,
-                                 module=Flipped(t.model.branch))
+                                 module=Flipped(t.model.branch), stem=t.tail_block)
             out[self.flip] = flipped[self.index[self.flip]]
         return torch.from_numpy(out).to(t.device)
 
@@ -174,7 +166,7 @@ class MarginObjective(Objective):
         t, d = self.trainer, self.trainer.data
         if t.frozen_feats is not None:  # a frozen block: the branch features of the gallery are at hand
             plain = np.flatnonzero(~self.flip)
-            gallery = t.neck_features(t.frozen_feats[0, torch.from_numpy(plain)])
+            gallery = t.neck_features(t.cached_view(0)[torch.from_numpy(plain).to(t.device)])
             gallery = gallery[np.argsort(self.index[~self.flip], kind="stable")]
         else:
             gallery = t.features(d.train_paths, d.train_boxes, size, "gallery embeddings",
@@ -189,11 +181,12 @@ class MarginObjective(Objective):
         t = self.trainer
         block = t.stages[pos.stage].blocks[pos.block]
         # a frozen epoch covers every cached view of every item: flat index view * items + item
-        classes = np.tile(self.cls, t.frozen_feats.shape[0]) if block.freeze_branch else self.cls
+        cached = t.cached_block(block)
+        classes = np.tile(self.cls, t.frozen_feats.shape[0]) if cached else self.cls
         order = epoch_order(classes, rng, t.tcfg["per_class"])
         if len(order) % block.batch == 1:
             order = order[:-1]  # a final lone item (batch norm needs 2)
-        if block.freeze_branch:
+        if cached:
             return self._train_frozen(order, classes, block.batch, pos, desc)
         return self._train_images(order, block.batch, t.stages[pos.stage].size, g, pos, desc)
 
@@ -201,7 +194,7 @@ class MarginObjective(Objective):
         """One epoch of neck and head on the cached features; ``order`` and ``classes`` index the flat views."""
         t = self.trainer
         feats = t.frozen_feats.flatten(0, 1)
-        t.model.branch.eval()
+        t.cached_train_mode()
         t.model.neck.train()
         steps = max(1, math.ceil(len(order) / batch))
         total, n = 0.0, 0
@@ -209,7 +202,7 @@ class MarginObjective(Objective):
             self.set_lr(pos, pos.epoch + step / steps)
             idx = torch.from_numpy(order[start:start + batch])
             y = torch.from_numpy(classes[idx.numpy()]).to(t.device)
-            loss = self.loss(t.model.neck(feats[idx.to(t.device)]), y)
+            loss = self.loss(t.model.neck(t.cached_forward(feats[idx.to(t.device)])), y)
             t.step(loss)
             total += float(loss.detach()) * len(y)
             n += len(y)

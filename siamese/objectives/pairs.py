@@ -43,9 +43,14 @@ class PairObjective(Objective):
 
     # ---- what the trainer asks ----------------------------------------------------------
     def optimizer(self) -> torch.optim.Optimizer:
-        """A fresh Adam over every parameter (the lr is set by each block)."""
+        """A fresh Adam over every parameter (the lr is set by each block; the neck's is ``train.neck_lr_mult``
+        times it)."""
         t = self.trainer
-        return torch.optim.Adam(t.model.parameters(), lr=1e-4, weight_decay=t.tcfg["weight_decay"])
+        neck = list(t.model.neck.parameters())
+        ids = {id(p) for p in neck}
+        rest = [p for p in t.model.parameters() if id(p) not in ids]
+        groups = [{"params": rest, "mult": 1.0}] + ([{"params": neck, "mult": t.tcfg["neck_lr_mult"]}] if neck else [])
+        return torch.optim.Adam(groups, lr=1e-4, weight_decay=t.tcfg["weight_decay"])
 
     def begin(self, size: int) -> None:
         """``model.head_init: cosine``: fit the cosine head's scale and offset to the untrained features."""
@@ -60,8 +65,9 @@ class PairObjective(Objective):
 
     def frozen_features(self, size: int) -> torch.Tensor:
         """Trunk features of the mining images, ``[1 + frozen_views, N, D]``: the test-time crop, then
-        ``train.frozen_views`` random training views."""
-        views = [self.mining_features(size, v) for v in range(self.trainer.frozen_views + 1)]
+        ``train.frozen_views`` random training views (in a tail block the stem maps, ``[.., N, C, H, W]``)."""
+        t = self.trainer
+        views = [self.mining_features(size, v, stem=t.tail_block) for v in range(t.frozen_views + 1)]
         return torch.from_numpy(np.stack(views)).to(self.trainer.device)
 
     def epoch(self, pos: Position, rng: np.random.Generator, g: int, desc: str) -> float:
@@ -72,12 +78,12 @@ class PairObjective(Objective):
             scores = None
         else:
             if self._mine_scores is None or pos.epoch % t.tcfg["mine_every"] == 0:
-                feats = self.head_features(t.frozen_feats[0] if block.freeze_branch
+                feats = self.head_features(t.cached_view(0) if t.cached_block(block)
                                            else self.mining_features(stage.size))
                 self._mine_scores = self.scores(feats, feats)
             scores = self._mine_scores
         pairs, targets = self._epoch_pairs(block, rng, scores)
-        if block.freeze_branch:
+        if t.cached_block(block):
             pairs, targets, views = frozen_view_rounds(pairs, targets, t.frozen_feats.shape[0], [t.seed, g, 1])
             return self._train_frozen(pairs, targets, views, block, desc)
         return self._train_images(pairs, targets, block, stage.size, g, desc)
@@ -108,12 +114,14 @@ class PairObjective(Objective):
         return block.K >= t["random_k"] or (pos.epoch + 1) % t["mine_every"] == 0
 
     # ---- features and scores ------------------------------------------------------------
-    def mining_features(self, size: int, view: int = 0) -> np.ndarray:
-        """Trunk features of the mining images: the test-time crop, or random training view ``view``."""
+    def mining_features(self, size: int, view: int = 0, stem: bool = False) -> np.ndarray:
+        """Trunk features of the mining images: the test-time crop, or random training view ``view``; ``stem``:
+        the stem maps with ``train.trainable_stages``."""
         d = self.trainer.data
         return self.trainer.features([d.train_paths[i] for i in self.mine_idx],
                                      [d.train_boxes[i] for i in self.mine_idx], size,
-                                     "mining features" if view == 0 else f"mining features, view {view}", view)
+                                     "mining features" if view == 0 else f"mining features, view {view}", view,
+                                     stem=stem)
 
     def head_features(self, trunk: np.ndarray | torch.Tensor) -> np.ndarray:
         """What the pair head reads: the neck over trunk features, or the features themselves without a neck."""
@@ -140,7 +148,7 @@ class PairObjective(Objective):
         test-time view, the others (whales with one photo) computed once."""
         t, d = self.trainer, self.trainer.data
         rest = np.setdiff1d(np.arange(len(d.train_paths)), self.mine_idx)
-        mined = t.frozen_feats[0].cpu().numpy()
+        mined = t.cached_view(0).cpu().numpy()
         out = np.empty((len(d.train_paths), mined.shape[1]), np.float32)
         out[self.mine_idx] = mined
         if len(rest):
@@ -181,16 +189,19 @@ class PairObjective(Objective):
     def _train_frozen(self, pairs, targets, views, block: Block, desc: str) -> float:
         t = self.trainer
         feats, model = t.frozen_feats, t.model
+        t.cached_train_mode()
         model.neck.train()
         model.head.train()
-        trainable = list(model.neck.parameters()) + list(model.head.parameters())
+        trainable = list(model.neck.parameters()) + list(model.head.parameters()) + t.cached_parameters()
         total, n = 0.0, 0
         for share, size in tqdm(self._local_batches(len(pairs), block.batch), desc=desc, leave=False,
                                 unit="batch", disable=not t.shards.main):
             idx = torch.from_numpy(pairs[share])
             view = torch.from_numpy(views[share])
             y = torch.from_numpy(targets[share]).to(t.device)
-            logits = model.head(model.neck(feats[view[:, 0], idx[:, 0]]), model.neck(feats[view[:, 1], idx[:, 1]]))
+            fa = model.neck(t.cached_forward(feats[view[:, 0], idx[:, 0]]))
+            fb = model.neck(t.cached_forward(feats[view[:, 1], idx[:, 1]]))
+            logits = model.head(fa, fb)
             loss, summed = self._loss(logits, y, size, sync=True)
             t.step(loss, sync=trainable)
             total += summed
