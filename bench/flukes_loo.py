@@ -79,7 +79,10 @@ def main() -> int:
             keep = m.gallery != q
             rows.setdefault(q, {"whale": ids[q]})[member] = own_rank(m.scores[i, keep], gallery_ids[keep], ids[q])
     table = pd.DataFrame.from_dict(rows, orient="index").sort_values("whale")
-    print(table.to_markdown())
+    cols = ["whale", *MEMBERS]
+    print("| photo | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
+    for name, row in table.iterrows():
+        print(f"| {name[:8]} | " + " | ".join(str(row[c]) for c in cols) + " |")
     print("rank 1:", {m: f"{int((table[m] == 1).sum())}/{len(table)}" for m in MEMBERS})
     return 0
 
