@@ -102,7 +102,9 @@ def _lookup(cache: Path, keys: np.ndarray, load: Callable[[dict], S]
     """(file, set, its row keys, the rows of it that hold ``keys``: -1 where it has none) of the cache and of its
     sibling files that hold some of ``keys``, the cache first, as far as they are needed."""
     found, wanted = [], np.ones(len(keys), bool)
-    siblings = sorted(p for p in cache.parent.glob("*.npz") if p != cache) if cache.parent.is_dir() else []
+    # hidden files are other processes' parts and fresh rows being written (torchrun): never siblings
+    siblings = (sorted(p for p in cache.parent.glob("*.npz") if p != cache and not p.name.startswith("."))
+                if cache.parent.is_dir() else [])
     for path in [cache, *siblings]:
         if not wanted.any():
             break

@@ -86,6 +86,21 @@ def test_rows_are_found_in_the_other_cache_files_of_the_folder(tmp_path):
     assert calls[1] == ["a.jpg"] and got.names.tolist() == catalog
 
 
+def test_hidden_files_of_other_processes_are_not_siblings(tmp_path):
+    """Under torchrun a rank's part (``.<name>.part0of2.npz``) may lie in the folder while another rank looks up
+    its rows: taking rows from it would give the ranks different missing sets."""
+    calls = []
+    compute_for = _counting(calls)
+    names = ["a.jpg", "b.jpg"]
+    keys = row_keys("s", _photos(tmp_path / "train", names), [None] * 2)
+    folder = tmp_path / "f"
+    folder.mkdir()
+    save_npz(folder / ".test.fresh.part0of2.npz", features=np.zeros((1, 2), np.float32), names=np.asarray(names[:1]),
+             keys=keys[:1])
+    cached_rows(folder / "test.npz", keys, names, compute_for(names))
+    assert calls == [names]
+
+
 def test_a_truncated_or_foreign_cache_reads_as_missing(tmp_path):
     calls = []
     compute_for = _counting(calls)
