@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from data.catalog import NEW_WHALE  # noqa: E402
 from matching.matrix import load_matrix  # noqa: E402
+from matching.ranking.rank import WhaleGroups, whale_best  # noqa: E402
 
 MEMBERS = {  # name under scores/ -> score_matrix.py flags
     "keypoints": ["--keypoints", "on", "--local", "off"],
@@ -38,10 +39,11 @@ MEMBERS = {  # name under scores/ -> score_matrix.py flags
 
 
 def own_rank(scores: np.ndarray, gallery_ids: np.ndarray, own: str) -> int:
-    """1-based rank of ``own`` among the gallery's individuals, each scored by its best photo."""
-    frame = pd.DataFrame({"Id": gallery_ids, "s": scores}).groupby("Id")["s"].max().sort_values(ascending=False,
-                                                                                               kind="stable")
-    return int(np.flatnonzero(frame.index.to_numpy() == own)[0]) + 1
+    """1-based rank of ``own`` among the gallery's individuals, each scored by its best photo (ties: by name)."""
+    groups = WhaleGroups.from_labels(gallery_ids)
+    best = whale_best(scores[None, :], groups)[0]
+    order = groups.labels[np.argsort(-best, kind="stable")]
+    return int(np.flatnonzero(order == own)[0]) + 1
 
 
 def main() -> int:

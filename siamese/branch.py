@@ -104,8 +104,11 @@ class Branch(nn.Module):
         self.register_buffer("input_shift", shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.addcmul(self.input_shift.view(1, -1, 1, 1), x, self.input_scale.view(1, -1, 1, 1))
-        return self.pooled(self.backbone.forward_features(x))
+        return self.pooled(self.backbone.forward_features(self.adapted(x)))
+
+    def adapted(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in the project's normalisation -> the one the backbone's weights expect."""
+        return torch.addcmul(self.input_shift.view(1, -1, 1, 1), x, self.input_scale.view(1, -1, 1, 1))
 
     def pooled(self, maps: torch.Tensor) -> torch.Tensor:
         """The backbone's output maps -> features: ReLU (not after a truncated stage), pooling, normalisation."""

@@ -56,6 +56,11 @@ def parse_schedule(stages: list, source: str = "config", *, require_k: bool = Tr
     return out
 
 
+def epochs_before(stage: Stage, block: int) -> int:
+    """Epochs of ``stage``'s blocks before block ``block`` (``len(stage.blocks)``: the whole stage)."""
+    return sum(b.epochs for b in stage.blocks[:block])
+
+
 def global_epoch(stages: list[Stage], pos: Position) -> int:
     """Epochs run before ``pos`` over the whole schedule (the augmentation and mining seed index)."""
     done = 0

@@ -41,10 +41,10 @@ class Stem(nn.Module):
         self.first = first_trainable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, bb = self.branch, self.branch.backbone
-        x = torch.addcmul(b.input_shift.view(1, -1, 1, 1), x, b.input_scale.view(1, -1, 1, 1))
+        bb = self.branch.backbone
+        x = self.branch.adapted(x)
         x = bb.stem(x) if isinstance(bb, KernelCNN) else bb.bn1(bb.conv_stem(x))
-        return stage_list(b)[:self.first](x)
+        return stage_list(self.branch)[:self.first](x)
 
 
 class Tail(nn.Module):

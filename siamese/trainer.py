@@ -36,7 +36,7 @@ from data.device import needs_grad_scaler
 from data.distributed import SINGLE, Shards
 from data.io import write_csv
 from siamese.infer import Flipped, compute_features
-from siamese.schedule import Position, Stage, global_epoch, parse_schedule
+from siamese.schedule import Position, Stage, epochs_before, global_epoch, parse_schedule
 from siamese.stages import Stem, Tail, split_branch
 
 
@@ -378,7 +378,8 @@ class FoldTrainer:
             row["seconds"] = round(time.perf_counter() - t0, 2)
             self.rows.append(row)
             self._log_row(row)
-            if self.average.k and stage_epoch(stage, pos) >= stage_epochs(stage) - self.average.k:
+            in_stage = epochs_before(stage, pos.block) + pos.epoch
+            if self.average.k and in_stage >= epochs_before(stage, len(stage.blocks)) - self.average.k:
                 self.average.add(self.model.state_dict())
             if nxt.stage != pos.stage and self.average.count:
                 self._averaged(stage)
@@ -451,15 +452,6 @@ class FoldTrainer:
         if not np.isnan(row["val_map5"]):
             msg += f"  val MAP@5 {row['val_map5']:.4f} (threshold {row['threshold']:.3f})"
         self.log(msg)
-
-
-def stage_epoch(stage: Stage, pos: Position) -> int:
-    """The epoch's index within its stage (0-based, over the stage's blocks)."""
-    return sum(b.epochs for b in stage.blocks[:pos.block]) + pos.epoch
-
-
-def stage_epochs(stage: Stage) -> int:
-    return sum(b.epochs for b in stage.blocks)
 
 
 class CheckpointAverage:

@@ -25,7 +25,7 @@ from matching.similarity.cosine import similarity
 from siamese.arcface import batch_hard_triplet, classification_loss
 from siamese.infer import Flipped
 from siamese.objectives import Objective
-from siamese.schedule import Position
+from siamese.schedule import Position, epochs_before
 from siamese.trainer import FoldData
 
 MIRROR_SUFFIX = "__mirror"
@@ -130,7 +130,7 @@ class MarginObjective(Objective):
         """Each group's lr after ``done`` epochs of the block at ``pos`` (warm-up, then cosine)."""
         t = self.trainer
         stage, block = t.stages[pos.stage], t.stages[pos.stage].blocks[pos.block]
-        stage_done = sum(b.epochs for b in stage.blocks[:pos.block]) + done
+        stage_done = epochs_before(stage, pos.block) + done
         factor = lr_factor(done, block.epochs, stage_done, warmup=t.tcfg["warmup_epochs"],
                            cosine=t.tcfg["lr_schedule"] == "cosine", min_factor=t.tcfg["min_lr_factor"])
         for group in t.optimizer.param_groups:
