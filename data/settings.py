@@ -225,6 +225,7 @@ class Settings:
     score: Score = section(Score)
     keypoints: Keypoints = section(Keypoints)
     local: Local = section(Local)
+    more_local: list[Local] = key([])  # more local members after local:, in order (shortlist.by: an earlier one)
     ensemble: Ensemble = section(Ensemble)
 
 

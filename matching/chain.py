@@ -273,7 +273,7 @@ def identify_steps(batch: Batch, cfg: Mapping) -> list[Step]:
              "--keypoints", switch("keypoints"), "--local", switch("local")]
     if b.runs is not None:
         score += ["--runs", str(b.runs)]
-    for item in section_overrides(cfg, ["local"]):
+    for item in section_overrides(cfg, ["local", "more_local"]):
         score += ["--set", item]
     truth = ["--truth", str(b.truth)] if b.truth is not None else []
     steps += [

@@ -24,6 +24,8 @@ come from that config's keypoints section. --keypoints on with no trained runs s
 
 Learned local matching (ALIKED or DISK features, mutual nearest neighbours, LightGlue on each query's shortlist;
 no training) adds scores/<local.name>/{test,oof}.npz the same way: local.enabled in a run's config, or --local on.
+More local members (more_local: [...], each a local: section; DISK + LightGlue on the shortlist of ALIKED's
+mutual-NN count is configs/arcface/real_cpu_disk.yaml) are scored after it, in order.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from data.errors import InputError
 from data.folds import leave_one_out_queries
 from matching.runs.embedding import score_meta_embeddings
 from matching.runs.keypoint_scores import keypoint_settings, score_keypoints, validation_images
-from matching.runs.local_scores import local_settings, score_local
+from matching.runs.local_scores import local_members, score_local
 from matching.runs.pipeline import combine_folds, score_run
 from matching.runs.run import discover_runs
 
@@ -74,7 +76,8 @@ def main() -> int:
     if not runs and "on" not in (args.keypoints, args.local):
         raise InputError(runs_dir, "no trained runs (runs/<model>/fold<k>/config.yaml with the last stage's best.pt)")
     keypoints = keypoint_settings(runs, args.keypoints)
-    local = local_settings(runs, args.local, _cli.config_from(args).get("local"))  # --set local.* with --local on
+    given = _cli.config_from(args)  # --set local.* / more_local=[...] with --local on
+    local = local_members(runs, args.local, given.get("local"), given.get("more_local"))
     catalog = _cli.load_catalog(args, need_test=True)
     folds_path = args.data_dir / "folds.csv"
     folds = read_folds(folds_path, catalog.train) if folds_path.is_file() else None
@@ -113,12 +116,12 @@ def main() -> int:
                                     features_dir=cache_dir):
             say(f"  wrote {path}")
         say(f"  keypoint matching took {time.perf_counter() - kp_start:.0f} s")
-    if local is not None and shards.main:  # one process: the learned matchers are not split over ranks
+    for member in local if shards.main else []:  # one process: the learned matchers are not split over ranks
         local_start = time.perf_counter()
         val = untrained_val
-        say(f"local matching ({local['extractor']}, {local['matcher']}): {len(val or [])} out-of-fold queries, "
-            f"{len(catalog.test_images)} test queries")
-        for path in score_local(catalog, val, args.work_dir, local, device=device, log=say, features_dir=cache_dir):
+        say(f"local matching {member['name']} ({member['extractor']}, {member['matcher']}): {len(val or [])} "
+            f"out-of-fold queries, {len(catalog.test_images)} test queries")
+        for path in score_local(catalog, val, args.work_dir, member, device=device, log=say, features_dir=cache_dir):
             say(f"  wrote {path}")
         say(f"  local matching took {time.perf_counter() - local_start:.0f} s")
     shards.barrier()

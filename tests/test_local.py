@@ -171,3 +171,53 @@ def test_scoring_again_without_validation_photos_drops_both_members_stale_calibr
         assert not (tmp_path / "scores" / member / "oof.npz").exists()
         assert not (tmp_path / "scores" / member / "calibration.csv").exists()
     assert len(said) == 2
+
+
+def test_more_local_members_follow_local_in_order_and_refuse_a_name_twice(tmp_path):
+    from data.errors import InputError
+    from matching.runs.local_scores import local_members, local_scores_done
+    from matching.runs.run import Run
+
+    more = [{"enabled": True, "name": "disk", "extractor": "disk", "shortlist": {"by": "local_mnn"}},
+            {"enabled": False, "name": "unused"}]
+    cfg = {"local": {"enabled": True, "matcher": "mnn"}, "more_local": more}
+    members = local_members([Run("a", 0, tmp_path / "a", cfg, tmp_path / "best.pt", 64)], "auto")
+    assert [(m["name"], m["extractor"], m["shortlist"]["by"]) for m in members] == [
+        ("local", "aliked-n16", "mnn"), ("disk", "disk", "local_mnn")]
+    assert local_members([], "on", {"name": "aliked"}, more)[1]["name"] == "disk"  # from the command line
+    assert local_members([], "off", None, more) == []
+    from data.config import apply_override
+    from matching.chain import section_overrides
+
+    passed: dict = {}  # what scripts/identify.py hands score_matrix.py as --set items
+    for item in section_overrides(cfg, ["local", "more_local"]):
+        apply_override(passed, item)
+    assert [m["name"] for m in local_members([], "on", passed["local"], passed["more_local"])] == ["local", "disk"]
+    with pytest.raises(InputError, match="'local' is used twice"):
+        local_members([], "on", None, [{"enabled": True}])
+    full = {"local": check({"enabled": True}, Local, path="local"), "more_local": [check(m, Local) for m in more]}
+    (tmp_path / "scores" / "local").mkdir(parents=True)
+    (tmp_path / "scores" / "local" / "test.npz").touch()
+    assert not local_scores_done(full, tmp_path)  # disk's matrix is missing; the disabled member is not needed
+    (tmp_path / "scores" / "disk").mkdir()
+    (tmp_path / "scores" / "disk" / "test.npz").touch()
+    assert local_scores_done(full, tmp_path)
+
+
+def test_a_second_local_member_matches_only_the_first_members_shortlist(tiny_catalog, tmp_path):
+    from matching.matrix import load_matrix
+    from matching.runs.local_scores import score_local
+
+    catalog = load_catalog(tiny_catalog)
+    first = check({"enabled": True, "name": "first", "width": 64, "max_keypoints": 32, "matcher": "mnn"}, Local)
+    second = check({"enabled": True, "name": "second", "width": 96, "max_keypoints": 32, "matcher": "mnn",
+                    "shortlist": {"by": "first", "top": 2}}, Local)
+    for cfg in (first, second):
+        score_local(catalog, None, tmp_path, cfg, log=lambda *a: None)
+    a, b = (load_matrix(tmp_path / "scores" / name / "test.npz").scores for name in ("first", "second"))
+    assert a.shape == b.shape and a.shape[1] > 2
+    top2 = np.argsort(-a, axis=1, kind="stable")[:, :2]
+    outside = np.ones(a.shape, bool)
+    np.put_along_axis(outside, top2, False, axis=1)
+    assert (b[outside] == b.min()).all()  # pairs off the first member's shortlist get the least score
+    assert (b[~outside] > b.min()).any()

@@ -111,10 +111,11 @@ def score_local(catalog, val_names: Sequence[str] | None, work_dir: Path, cfg: d
     feat_dir = Path(features_dir or Path(work_dir) / "features") / name
     out_dir = Path(work_dir) / "scores" / name
     by = cfg["shortlist"]["by"]
-    other = None if cfg["matcher"] == "mnn" or by in (None, "mnn") else Path(work_dir) / "scores" / by
     settings = LocalSettings.from_section(cfg)
     known_df = catalog.train[catalog.train["Id"] != NEW_WHALE]
     known, labels = known_df["Image"].tolist(), known_df["Id"].tolist()
+    own = by in (None, "mnn") or cfg["shortlist"]["top"] >= len(known)  # no other member's matrix needed
+    other = None if own else Path(work_dir) / "scores" / by
     truth = dict(zip(catalog.train["Image"], catalog.train["Id"]))
 
     @cache
@@ -190,7 +191,29 @@ def local_settings(runs: Sequence, switch: str = "auto", overrides: dict | None 
     return check(deep_merge(chosen, dict(overrides or {})), Local, path="local")
 
 
+def local_members(runs: Sequence, switch: str = "auto", overrides: dict | None = None,
+                  more: Sequence[dict] | None = None) -> list[dict]:
+    """Every local member to score, in order: :func:`local_settings`, then the enabled ``more_local:`` sections of
+    the same config (``more``: those of the command line's config when no run gives any). Names must be distinct;
+    a member's ``shortlist.by`` may name an earlier member (its matrix is written first)."""
+    first = local_settings(runs, switch, overrides)
+    if first is None:
+        return []
+    owner = next((run for run in runs if run.config["local"]["enabled"]), runs[0] if runs else None)
+    extra = owner.config.get("more_local", []) if owner is not None else []
+    extra = [check(sec, Local, path=f"more_local[{i}]") for i, sec in enumerate(extra or more or [])]
+    members = [first] + [sec for sec in extra if sec["enabled"]]
+    names = [m["name"] for m in members]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise InputError(None, f"local members: the name {twice!r} is used twice (local.name, more_local[].name)")
+    return members
+
+
 def local_scores_done(cfg: dict, work_dir: Path) -> bool:
-    """True unless ``cfg`` (a completed config) enables local matching and its ``test.npz`` is missing (the
+    """True unless ``cfg`` (a completed config) enables local matching and a member's ``test.npz`` is missing (the
     reuse test of the chain's score step)."""
-    return not cfg["local"]["enabled"] or (Path(work_dir) / "scores" / cfg["local"]["name"] / "test.npz").is_file()
+    if not cfg["local"]["enabled"]:
+        return True
+    names = [cfg["local"]["name"]] + [sec["name"] for sec in cfg.get("more_local", []) if sec["enabled"]]
+    return all((Path(work_dir) / "scores" / name / "test.npz").is_file() for name in names)
