@@ -191,11 +191,12 @@ def cached_rows(cache: Path, keys: np.ndarray, names: Sequence[str], compute: Ca
 
 
 def cached_pairs(cache: Path, query_keys: np.ndarray, gallery_keys: np.ndarray, pairs: np.ndarray,
-                 compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+                 compute: Callable[[np.ndarray], np.ndarray], *, shards: Shards = SINGLE) -> np.ndarray:
     """[P] a value per ``(query row, gallery row)`` pair (a matcher's count), reused from ``cache`` for pairs of photos
     it has seen under the same row keys (:func:`row_keys`: the photos' bytes, boxes and the features' settings;
     the matcher's own settings name the file); ``compute(pairs)`` gives the others. The leave-one-out queries of a
-    grown catalog meet mostly the pairs of the batch before."""
+    grown catalog meet mostly the pairs of the batch before. With several ``shards`` (every process asking for the
+    same pairs) each computes its share of the missing pairs, every process returns them all and rank 0 writes."""
     cache, pairs = Path(cache), np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     wanted = np.char.add(np.char.add(np.asarray(query_keys, str)[pairs[:, 0]], "|"),
                          np.asarray(gallery_keys, str)[pairs[:, 1]]) if len(pairs) else np.zeros(0, str)
@@ -212,7 +213,10 @@ def cached_pairs(cache: Path, query_keys: np.ndarray, gallery_keys: np.ndarray, 
     out[hit >= 0] = stored_values[hit[hit >= 0]]
     missing = np.flatnonzero(hit < 0)
     if missing.size:
-        out[missing] = compute(pairs[missing])
-        save_npz(cache, pairs=np.concatenate([stored_keys, wanted[missing]]),
-                 values=np.concatenate([stored_values, out[missing]]).astype(np.float32))
+        mine = missing[shards.rows(len(missing))]
+        out[missing] = shards.gather_rows(np.asarray(compute(pairs[mine]), np.float32))
+        if shards.main:
+            save_npz(cache, pairs=np.concatenate([stored_keys, wanted[missing]]),
+                     values=np.concatenate([stored_values, out[missing]]).astype(np.float32))
+        shards.barrier()
     return out

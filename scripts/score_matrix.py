@@ -67,9 +67,10 @@ def main() -> int:
     p.add_argument("--keypoints", choices=("auto", "on", "off"), default="auto",
                    help="keypoint matching (scores/keypoints): auto = when a run's config enables it "
                         "(default: %(default)s)")
-    p.add_argument("--local", choices=("auto", "on", "off"), default="auto",
+    p.add_argument("--local", "--local-matching", dest="local", choices=("auto", "on", "off"), default="auto",
                    help="learned local matching (scores/<local.name>): auto = when a run's config enables it "
-                        "(default: %(default)s)")
+                        "(default: %(default)s); under torchrun write --local-matching (torchrun reads --local as "
+                        "its own --local-addr)")
     args = p.parse_args()
     runs_dir = args.runs or args.work_dir / "runs"
     runs = discover_runs(runs_dir, args.models)
@@ -116,12 +117,13 @@ def main() -> int:
                                     features_dir=cache_dir):
             say(f"  wrote {path}")
         say(f"  keypoint matching took {time.perf_counter() - kp_start:.0f} s")
-    for member in local if shards.main else []:  # one process: the learned matchers are not split over ranks
+    for member in local:  # under torchrun the processes share the photos, mutual-NN rows and LightGlue pairs
         local_start = time.perf_counter()
         val = untrained_val
         say(f"local matching {member['name']} ({member['extractor']}, {member['matcher']}): {len(val or [])} "
             f"out-of-fold queries, {len(catalog.test_images)} test queries")
-        for path in score_local(catalog, val, args.work_dir, member, device=device, log=say, features_dir=cache_dir):
+        for path in score_local(catalog, val, args.work_dir, member, device=device, log=say, features_dir=cache_dir,
+                                shards=shards):
             say(f"  wrote {path}")
         say(f"  local matching took {time.perf_counter() - local_start:.0f} s")
     shards.barrier()

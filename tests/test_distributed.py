@@ -1,4 +1,5 @@
-"""Scoring split over processes (torchrun, gloo on the CPU) writes the same files as one process."""
+"""Scoring split over processes (torchrun, gloo on the CPU) writes the same files as one process: trained models,
+keypoint matching and learned local matching."""
 
 from __future__ import annotations
 
@@ -59,7 +60,9 @@ def test_torchrun_with_two_processes_writes_the_single_process_matrices(tiny_cat
     _trained_run(one)
     shutil.copytree(one / "runs", two / "runs")
     script = str(ROOT / "scripts" / "score_matrix.py")
-    common = ["--data-dir", str(tiny_catalog), "--budget-mb", "8", "--batch", "8", "--keypoints", "on"]
+    common = ["--data-dir", str(tiny_catalog), "--budget-mb", "8", "--batch", "8", "--keypoints", "on",
+              "--local-matching", "on", "--set", "local.width=64", "--set", "local.max_keypoints=32",
+              "--set", "local.shortlist.top=3"]
     single = _score([sys.executable, script, "--work-dir", str(one), *common])
     assert single.returncode == 0, single.stderr
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -81,5 +84,12 @@ def test_torchrun_with_two_processes_writes_the_single_process_matrices(tiny_cat
         a, b = load_matrix(one / "scores" / "keypoints" / name), load_matrix(two / "scores" / "keypoints" / name)
         assert list(a.query) == list(b.query) and list(a.gallery) == list(b.gallery)
         np.testing.assert_array_equal(a.scores, b.scores)
+    for member in ("local", "local_mnn"):  # learned local matching: photos, mutual-NN rows and LightGlue pairs shared
+        for name in ("test.npz", "oof.npz"):
+            a, b = load_matrix(one / "scores" / member / name), load_matrix(two / "scores" / member / name)
+            assert list(a.query) == list(b.query) and list(a.gallery) == list(b.gallery)
+            np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-6)
+    pairs = [load_npz(p) for w in (one, two) for p in sorted((w / "features" / "local").glob("pairs_*.npz"))]
+    assert len(pairs) == 2 and sorted(pairs[0]["pairs"]) == sorted(pairs[1]["pairs"])  # one pair cache, rank 0's
     leftovers = [p.name for p in two.rglob(".*part*")]
     assert leftovers == []

@@ -31,6 +31,7 @@ import torch
 from data.cache import cached_pairs, row_keys
 from data.catalog import NEW_WHALE
 from data.config import deep_merge
+from data.distributed import SINGLE, Shards
 from data.errors import InputError
 from data.io import write_text
 from data.settings import Local, check
@@ -44,7 +45,7 @@ SETTINGS = "settings.json"  # beside the member's matrices: its local: section a
 
 def local_counts(query: LocalSet, gallery: LocalSet, cfg: dict, *, exclude_self: bool, base: np.ndarray | None = None,
                  device: torch.device | str = "cpu", matcher=None, desc: str = "local",
-                 pair_cache=None) -> dict[str, np.ndarray]:
+                 pair_cache=None, shards: Shards = SINGLE) -> dict[str, np.ndarray]:
     """The [Q, G] match counts of the ``local:`` section ``cfg`` by member name: ``cfg["name"]``, and
     ``<name>_mnn`` when LightGlue's shortlist came from the mutual-NN count (it was computed anyway). ``base``:
     the shortlist's score matrix when ``shortlist.by`` names another member (rows and columns as ``query`` and
@@ -52,13 +53,16 @@ def local_counts(query: LocalSet, gallery: LocalSet, cfg: dict, *, exclude_self:
 
     ``matcher: mnn`` with ``by: mnn`` (or no shortlist) counts every pair; with ``by: <model>`` only that
     model's shortlist (the cheapest shortlisted member). ``matcher: lightglue`` runs on the shortlist.
-    ``pair_cache(pairs, compute)``: LightGlue's counts of pairs seen before (:func:`data.cache.cached_pairs`)."""
+    ``pair_cache(pairs, compute)``: LightGlue's counts of pairs seen before (:func:`data.cache.cached_pairs`, split
+    over ``shards`` there). With several ``shards`` (torchrun) each process counts its share of the query rows (mutual
+    NN) and of the pairs (LightGlue); every process returns the whole matrices."""
     by, top = cfg["shortlist"]["by"], cfg["shortlist"]["top"]
     brute = by is None or top >= len(gallery)
     mnn = None
     if by == "mnn" or (cfg["matcher"] == "mnn" and brute):
-        mnn = mnn_matrix(query, gallery, min_similarity=cfg["min_similarity"], exclude_self=exclude_self,
-                         desc=f"{desc} mutual NN")
+        mine = query.take(np.arange(len(query))[shards.rows(len(query))])
+        mnn = shards.gather_rows(mnn_matrix(mine, gallery, min_similarity=cfg["min_similarity"],
+                                            exclude_self=exclude_self, desc=f"{desc} mutual NN"))
     if cfg["matcher"] == "mnn" and mnn is not None:
         return {cfg["name"]: mnn}
     if brute:
@@ -76,7 +80,8 @@ def local_counts(query: LocalSet, gallery: LocalSet, cfg: dict, *, exclude_self:
                                     min_confidence=cfg["min_confidence"], batch=cfg["batch"], device=device,
                                     desc=f"{desc} LightGlue")
 
-        counts = glue(pairs) if pair_cache is None else pair_cache(pairs, glue)
+        counts = shards.gather_rows(glue(pairs[shards.rows(len(pairs))])) if pair_cache is None \
+            else pair_cache(pairs, glue)
     result = np.zeros((len(query), len(gallery)), np.float32)
     result[pairs[:, 0], pairs[:, 1]] = counts
     return {cfg["name"]: result, **({f"{cfg['name']}_mnn": mnn} if mnn is not None else {})}
@@ -103,10 +108,11 @@ def _aligned(path: Path, query: Sequence[str], gallery: Sequence[str]) -> np.nda
 
 def score_local(catalog, val_names: Sequence[str] | None, work_dir: Path, cfg: dict, *,
                 device: torch.device | str = "cpu", max_megapixels: float = 60.0, log=print,
-                features_dir: Path | None = None) -> list[Path]:
+                features_dir: Path | None = None, shards: Shards = SINGLE) -> list[Path]:
     """Write ``scores/<name>/oof.npz`` + ``calibration.csv`` (given validation photos) and ``test.npz`` for the
     completed ``local:`` section ``cfg``; features cached under ``<features_dir>/<name>/`` (default
-    ``<work_dir>/features``)."""
+    ``<work_dir>/features``). With several ``shards`` (torchrun) the processes share the photos, the mutual-NN
+    rows and the LightGlue pairs; rank 0 writes the files (the others return no paths)."""
     name = cfg["name"]
     feat_dir = Path(features_dir or Path(work_dir) / "features") / name
     out_dir = Path(work_dir) / "scores" / name
@@ -125,7 +131,7 @@ def score_local(catalog, val_names: Sequence[str] | None, work_dir: Path, cfg: d
     def features(names, path_of, part) -> LocalSet:
         return cached_local(feat_dir / f"{part}.npz", extractor, [path_of(n) for n in names],
                             [catalog.box(n) for n in names], names, settings, device=device,
-                            max_megapixels=max_megapixels, desc=f"{name} {part}")
+                            max_megapixels=max_megapixels, desc=f"{name} {part}", shards=shards)
 
     def keys_of(names, path_of) -> np.ndarray:
         return row_keys(settings.key(), [path_of(n) for n in names], [catalog.box(n) for n in names])
@@ -136,7 +142,8 @@ def score_local(catalog, val_names: Sequence[str] | None, work_dir: Path, cfg: d
     pairs_file = feat_dir / f"pairs_{hashlib.sha1(glue_settings.encode()).hexdigest()[:12]}.npz"
 
     def pair_cache(query_keys):
-        return lambda pairs, compute: cached_pairs(pairs_file, query_keys, gallery_keys, pairs, compute)
+        return lambda pairs, compute: cached_pairs(pairs_file, query_keys, gallery_keys, pairs, compute,
+                                                   shards=shards)
 
     matcher = None if cfg["matcher"] == "mnn" else load_matcher(settings.extractor, device)
     calibs: dict[str, object] = {}
@@ -150,12 +157,14 @@ def score_local(catalog, val_names: Sequence[str] | None, work_dir: Path, cfg: d
         query = both.take(np.asarray([where[n] for n in val_names], dtype=np.int64))
         base = None if other is None else _aligned(other / "oof.npz", val_names, known)
         for member, counts in local_counts(query, gallery, cfg, exclude_self=True, base=base, device=device,
-                                            matcher=matcher, desc=f"{name} oof",
+                                            matcher=matcher, desc=f"{name} oof", shards=shards,
                                             pair_cache=pair_cache(keys_of(val_names, catalog.train_path))).items():
+            if not shards.main:
+                continue
             calibs[member], files = write_calibrated_oof(Path(work_dir) / "scores" / member, counts, val_names, known,
                                                          [truth[n] for n in val_names], labels, "sqrt(matches)")
             written += files
-    else:
+    elif shards.main:
         for member in (name, f"{name}_mnn"):  # the mutual-NN member of a LightGlue run too
             if member == name or (Path(work_dir) / "scores" / member).is_dir():
                 drop_stale_oof(Path(work_dir) / "scores" / member, member, log)
@@ -163,14 +172,18 @@ def score_local(catalog, val_names: Sequence[str] | None, work_dir: Path, cfg: d
         test = features(catalog.test_images, catalog.test_path, "test")
         base = None if other is None else _aligned(other / "test.npz", catalog.test_images, known)
         for member, counts in local_counts(test, gallery, cfg, exclude_self=False, base=base, device=device,
-                                            matcher=matcher, desc=f"{name} test",
+                                            matcher=matcher, desc=f"{name} test", shards=shards,
                                             pair_cache=pair_cache(keys_of(catalog.test_images, catalog.test_path))
                                             ).items():
+            if not shards.main:
+                continue
             matrix = ScoreMatrix(to_probability(counts, calibs.get(member)),
                                  np.asarray(catalog.test_images, dtype=str), np.asarray(known, dtype=str))
             written.insert(0, save_matrix(Path(work_dir) / "scores" / member / "test.npz", matrix))
-    written.append(write_text(json.dumps({"local": cfg, "features": str(feat_dir.resolve())}, indent=2) + "\n",
-                              out_dir / SETTINGS))  # how the review page finds and matches these features again
+    if shards.main:  # how the review page finds and matches these features again
+        written.append(write_text(json.dumps({"local": cfg, "features": str(feat_dir.resolve())}, indent=2) + "\n",
+                                  out_dir / SETTINGS))
+    shards.barrier()  # the next member may shortlist by these matrices
     return written
 
 

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from data import cache as data_cache
+from data.distributed import SINGLE, Shards
 from data.errors import InputError
 from data.images import load_crop
 from data.settings import Local, check
@@ -150,10 +151,10 @@ def _from_npz(stored: dict[str, np.ndarray]) -> LocalSet:
 
 
 def cached_local(cache: Path, extractor_fn, paths: Sequence[Path], boxes: Sequence, names: Sequence[str],
-                 s: LocalSettings, **kwargs) -> LocalSet:
+                 s: LocalSettings, shards: Shards = SINGLE, **kwargs) -> LocalSet:
     """:func:`extract_local`, each photo's features reused from ``cache`` (``.npz``, or another cache file beside
     it) while its bytes, its box and the settings hold (:mod:`data.cache`); ``extractor_fn()`` loads the network
-    only when a photo is missing."""
+    only when a photo is missing; with several ``shards`` the processes share the missing photos."""
     paths, boxes, names = list(paths), list(boxes), np.asarray(names, dtype=str)
 
     def compute(rows: np.ndarray) -> LocalSet:
@@ -162,4 +163,4 @@ def cached_local(cache: Path, extractor_fn, paths: Sequence[Path], boxes: Sequen
         return _from_npz(_arrays(found))  # the rounding of the stored descriptors, fresh or cached alike
 
     return data_cache.cached_set(cache, data_cache.row_keys(s.key(), paths, boxes), names, compute=compute,
-                                 load=_from_npz, to_arrays=_arrays, concat=LocalSet.concat)
+                                 load=_from_npz, to_arrays=_arrays, concat=LocalSet.concat, shards=shards)
