@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from data import cache as data_cache
+from data.device import autocast
 from data.distributed import SINGLE, Shards
 from data.errors import InputError
 from data.images import load_crop
@@ -126,7 +127,8 @@ def extract_local(extractor: torch.nn.Module, paths: Sequence[Path], boxes: Sequ
     for i, (path, box) in enumerate(tqdm(list(zip(paths, boxes)), desc=desc, unit="img", leave=False)):
         crop = load_crop(path, box, (s.width, None), channels=3, margin=s.margin, max_megapixels=max_megapixels)
         image = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float().div(255).to(device)
-        out = extractor({"image": image})
+        with autocast(torch.device(device)):  # bf16 / fp16 on CUDA, a no-op on the CPU
+            out = extractor({"image": image})
         kp, d = out["keypoints"][0].float().cpu().numpy(), out["descriptors"][0].float().cpu().numpy()
         if descriptors is None:
             descriptors = np.zeros((n, k, d.shape[1]), np.float32)

