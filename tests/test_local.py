@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from data.catalog import load_catalog
+from data.config import apply_override
 from data.settings import Local, check
+from matching.chain import section_overrides
 from matching.runs.local_scores import local_counts
 from matching.similarity.local_features import EXTRACTORS, LocalSettings, cached_local, extract_local, load_extractor
 from matching.similarity.local_match import (
@@ -186,9 +188,6 @@ def test_more_local_members_follow_local_in_order_and_refuse_a_name_twice(tmp_pa
         ("local", "aliked-n16", "mnn"), ("disk", "disk", "local_mnn")]
     assert local_members([], "on", {"name": "aliked"}, more)[1]["name"] == "disk"  # from the command line
     assert local_members([], "off", None, more) == []
-    from data.config import apply_override
-    from matching.chain import section_overrides
-
     passed: dict = {}  # what scripts/identify.py hands score_matrix.py as --set items
     for item in section_overrides(cfg, ["local", "more_local"]):
         apply_override(passed, item)

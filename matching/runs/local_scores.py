@@ -53,9 +53,9 @@ def local_counts(query: LocalSet, gallery: LocalSet, cfg: dict, *, exclude_self:
 
     ``matcher: mnn`` with ``by: mnn`` (or no shortlist) counts every pair; with ``by: <model>`` only that
     model's shortlist (the cheapest shortlisted member). ``matcher: lightglue`` runs on the shortlist.
-    ``pair_cache(pairs, compute)``: LightGlue's counts of pairs seen before (:func:`data.cache.cached_pairs`, split
-    over ``shards`` there). With several ``shards`` (torchrun) each process counts its share of the query rows (mutual
-    NN) and of the pairs (LightGlue); every process returns the whole matrices."""
+    ``pair_cache(pairs, compute)``: LightGlue's counts of pairs seen before (:func:`data.cache.cached_pairs`, which
+    splits the missing pairs over its processes). With several ``shards`` (torchrun) each process counts its share
+    of the query rows (mutual NN); every process returns the whole matrices."""
     by, top = cfg["shortlist"]["by"], cfg["shortlist"]["top"]
     brute = by is None or top >= len(gallery)
     mnn = None
@@ -80,8 +80,7 @@ def local_counts(query: LocalSet, gallery: LocalSet, cfg: dict, *, exclude_self:
                                     min_confidence=cfg["min_confidence"], batch=cfg["batch"], device=device,
                                     desc=f"{desc} LightGlue")
 
-        counts = shards.gather_rows(glue(pairs[shards.rows(len(pairs))])) if pair_cache is None \
-            else pair_cache(pairs, glue)
+        counts = glue(pairs) if pair_cache is None else pair_cache(pairs, glue)
     result = np.zeros((len(query), len(gallery)), np.float32)
     result[pairs[:, 0], pairs[:, 1]] = counts
     return {cfg["name"]: result, **({f"{cfg['name']}_mnn": mnn} if mnn is not None else {})}
@@ -195,13 +194,21 @@ def local_settings(runs: Sequence, switch: str = "auto", overrides: dict | None 
         raise ValueError(f"switch must be auto, on or off, not {switch!r}")
     if switch == "off":
         return None
-    sections = [run.config["local"] for run in runs]
-    chosen = next((sec for sec in sections if sec["enabled"]), None)
-    if chosen is None and switch == "auto":
+    owner = _owner(runs)
+    chosen = None if owner is None else owner.config["local"]
+    if (chosen is None or not chosen["enabled"]) and switch == "auto":
         return None
-    if chosen is None:
-        chosen = dict(sections[0] if sections else {}, enabled=True)
-    return check(deep_merge(chosen, dict(overrides or {})), Local, path="local")
+    return check(deep_merge(dict(chosen or {}, enabled=True), dict(overrides or {})), Local, path="local")
+
+
+def _owner(runs: Sequence):
+    """The run whose config gives the local members: the first that enables ``local:``, else the first run."""
+    return next((run for run in runs if run.config["local"]["enabled"]), runs[0] if runs else None)
+
+
+def _enabled(first: dict, more: Sequence[dict]) -> list[dict]:
+    """``first`` (an enabled ``local:`` section), then the enabled sections of ``more`` (``more_local:``)."""
+    return [first] + [sec for sec in more if sec["enabled"]]
 
 
 def local_members(runs: Sequence, switch: str = "auto", overrides: dict | None = None,
@@ -212,10 +219,9 @@ def local_members(runs: Sequence, switch: str = "auto", overrides: dict | None =
     first = local_settings(runs, switch, overrides)
     if first is None:
         return []
-    owner = next((run for run in runs if run.config["local"]["enabled"]), runs[0] if runs else None)
+    owner = _owner(runs)
     extra = owner.config.get("more_local", []) if owner is not None else []
-    extra = [check(sec, Local, path=f"more_local[{i}]") for i, sec in enumerate(extra or more or [])]
-    members = [first] + [sec for sec in extra if sec["enabled"]]
+    members = _enabled(first, [check(sec, Local, path=f"more_local[{i}]") for i, sec in enumerate(extra or more or [])])
     names = [m["name"] for m in members]
     twice = next((n for n in names if names.count(n) > 1), None)
     if twice is not None:
@@ -228,5 +234,5 @@ def local_scores_done(cfg: dict, work_dir: Path) -> bool:
     reuse test of the chain's score step)."""
     if not cfg["local"]["enabled"]:
         return True
-    names = [cfg["local"]["name"]] + [sec["name"] for sec in cfg.get("more_local", []) if sec["enabled"]]
-    return all((Path(work_dir) / "scores" / name / "test.npz").is_file() for name in names)
+    return all((Path(work_dir) / "scores" / sec["name"] / "test.npz").is_file()
+               for sec in _enabled(cfg["local"], cfg.get("more_local", [])))
