@@ -129,19 +129,20 @@ class Train:
 
 @dataclass(frozen=True)
 class Loss:
-    """``loss:`` of the embedding family."""
+    """``loss:``, the embedding family's terms, and the Siamese family's auxiliary margin classifier."""
 
     label_smoothing: float = key(0.0, at_least=0.0)
     focal_gamma: float = key(0.0, at_least=0.0)  # > 0: focal factor (1 - p)^gamma
     triplet_weight: float = key(0.0, at_least=0.0)  # > 0: add batch-hard triplet loss
     triplet_margin: float = key(0.3, at_least=0.0)
+    margin_weight: float = key(0.0, at_least=0.0)  # siamese: > 0 adds this x an ArcFace loss on the head's features
 
 
 @dataclass(frozen=True)
 class Score:
     """``score:``, how a trained run scores (matching/)."""
 
-    scoring: Literal["image", "centre", "both"] = "image"  # arcface: cosine to each photo, its whale's centre, mean
+    scoring: Literal["image", "centre", "both"] = "image"  # each photo, its whale's centre (mean features), or both
     knn_above: int | None = key(None, at_least=0)  # larger catalogs: only each query's knn nearest photos
     knn: int = key(200, at_least=1)
     tta: Literal["none", "flip"] = "none"  # flip: also score the mirrored crop

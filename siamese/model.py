@@ -54,12 +54,14 @@ class SiameseModel(nn.Module):
     def score(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
         return self.head(fa, fb)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward(self, a: torch.Tensor, b: torch.Tensor, features: bool = False):
+        """The pair logits; ``features``: ``(logits, fa, fb)``, with the head features of both sides."""
         if a.shape == b.shape:  # one branch pass for both sides
             fa, fb = self.features(torch.cat([a, b])).split(len(a))
         else:
             fa, fb = self.features(a), self.features(b)
-        return self.head(fa, fb)
+        logits = self.head(fa, fb)
+        return (logits, fa, fb) if features else logits
 
 
 def build_model(cfg: Mapping[str, Any]) -> SiameseModel:

@@ -8,7 +8,15 @@ import pytest
 from data.errors import InputError
 from matching.similarity import cosine as embed_scores
 from matching.similarity.calibration import fit_logistic, same_whale
-from matching.similarity.cosine import FLOOR, centre_matrix, cosine_matrix, knn_cosine, meta_embedding, similarity
+from matching.similarity.cosine import (
+    FLOOR,
+    centre_matrix,
+    cosine_matrix,
+    knn_cosine,
+    meta_embedding,
+    own_columns,
+    similarity,
+)
 
 
 def test_cosine_matrix_is_symmetric_scale_free_and_blockwise_exact():
@@ -33,6 +41,22 @@ def test_centre_scores_give_each_photo_column_its_whale_centre():
     np.testing.assert_allclose(both, 0.5 * (cosine_matrix(query, gallery) + m), atol=1e-6)
     with pytest.raises(InputError, match="scoring"):
         similarity(query, gallery, labels, scoring="mean")
+
+
+def test_an_out_of_fold_query_is_left_out_of_its_own_whales_centre():
+    gallery = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
+    labels = ["a", "a", "b"]
+    own = own_columns(["p0", "q", "p2"], ["p0", "p1", "p2"])
+    np.testing.assert_array_equal(own, [0, -1, 2])
+    m = centre_matrix(gallery[[0, 2]], gallery, labels, own=own[[0, 2]])
+    # p0 against whale a: a's centre without p0 is p1 itself (cosine 0), not (1, 1)/sqrt2 (0.707 with p0 in it)
+    np.testing.assert_allclose(m[0], [0.0, 0.0, -1.0], atol=1e-6)
+    # p2 is whale b's only photo: b's columns score 0 for it; a's centre is untouched by it
+    np.testing.assert_allclose(m[1], [-np.sqrt(0.5), -np.sqrt(0.5), 0.0], atol=1e-6)
+    leaky = centre_matrix(gallery[[0]], gallery, labels)
+    assert leaky[0, 0] > m[0, 0] + 0.5
+    both = similarity(gallery[[0]], gallery, labels, scoring="both", own=own[[0]])
+    np.testing.assert_allclose(both, 0.5 * (cosine_matrix(gallery[[0]], gallery) + m[[0]]), atol=1e-6)
 
 
 @pytest.mark.parametrize("use_faiss", [True, False])

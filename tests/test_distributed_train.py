@@ -23,10 +23,11 @@ STAGE32 = {"size": 32, "blocks": [{"epochs": 1, "lr": 1e-3, "K": 1000, "freeze_b
 STAGE40 = {"size": 40, "blocks": [{"epochs": 1, "lr": 5e-4, "K": 0.5, "freeze_branch": False, "batch": 7}]}
 
 
-def _config(path: Path, stages: list) -> Path:
+def _config(path: Path, stages: list, margin_weight: float = 0.0) -> Path:
     # Batch norm frozen: with it learning, each process would normalise by the statistics of its own share.
     cfg = {"model": {"name": "tiny", "branch": "test_efficientnet", "pretrained": False, "head_hidden": 8,
-                     "normalize": True, "head_init": "cosine"},
+                     "normalize": True, "head_init": "cosine", "arc_s": 10.0},
+           "loss": {"margin_weight": margin_weight},
            "train": {"seed": 5, "workers": 0, "feature_batch": 16, "sparse_k": None, "freeze_bn": True,
                      "validate_start": True, "stages": stages}}
     path.write_text(yaml.safe_dump(cfg))
@@ -87,3 +88,19 @@ def test_two_processes_train_as_one_and_one_process_resumes_their_run(tiny_catal
     _same_weights(run1 / "40px" / "best.pt", run2 / "40px" / "best.pt", atol=5e-4)
     np.testing.assert_allclose(pd.read_csv(run1 / "40px" / "metrics.csv")["loss"],
                                pd.read_csv(run2 / "40px" / "metrics.csv")["loss"], rtol=0, atol=5e-4)
+
+
+def test_two_processes_train_the_margin_classifier_as_one(tiny_catalog, tmp_path):
+    """loss.margin_weight on a frozen block (gradients summed by hand) and image blocks (DistributedDataParallel)."""
+    config = _config(tmp_path / "margin.yaml", [STAGE32], margin_weight=1.0)
+    _train(tiny_catalog, tmp_path / "one", config)
+    _train(tiny_catalog, tmp_path / "two", config, procs=2)
+    run1, run2 = (tmp_path / w / "runs" / "tiny" / "fold0" / "32px" for w in ("one", "two"))
+    _same_weights(run1 / "last.pt", run2 / "last.pt", atol=2e-4)
+    plain = _config(tmp_path / "plain.yaml", [STAGE32])
+    _train(tiny_catalog, tmp_path / "plain", plain)
+    m1, m2 = load_checkpoint(run1 / "last.pt")["margin_head"], load_checkpoint(run2 / "last.pt")["margin_head"]
+    torch.testing.assert_close(m1["weight"], m2["weight"], rtol=0, atol=2e-4)
+    head = load_checkpoint(tmp_path / "plain" / "runs" / "tiny" / "fold0" / "32px" / "last.pt")["model"]
+    assert not torch.allclose(load_checkpoint(run1 / "last.pt")["model"]["head.combine.weight"],
+                              head["head.combine.weight"], atol=1e-4)  # the classifier did change the training

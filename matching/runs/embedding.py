@@ -23,7 +23,7 @@ from data.settings import Score, check
 from matching.matrix import ScoreMatrix, mask_self, save_matrix, self_pairs
 from matching.runs.run import Run, cached_features
 from matching.similarity.calibration import Logistic, fit_logistic, same_whale
-from matching.similarity.cosine import meta_embedding, similarity
+from matching.similarity.cosine import meta_embedding, own_columns, similarity
 from siamese.arcface import FAMILY as ARCFACE
 from siamese.arcface import Embedder, build_embedding_model, classes_in_state
 from siamese.families import family_name
@@ -52,10 +52,12 @@ class EmbedSet:
     oof_labels: list[str] | None = None
 
 
-def _similarity(query: np.ndarray, s: EmbedSet, score_cfg: dict) -> np.ndarray:
+def _similarity(query: np.ndarray, s: EmbedSet, score_cfg: dict, query_names: Sequence[str] | None = None):
+    """``query_names``: out-of-fold rows, catalog photos themselves, each left out of its whale's centre."""
     knn_above = score_cfg["knn_above"]
     knn = score_cfg["knn"] if knn_above is not None and len(s.gallery) > knn_above else None
-    return similarity(query, s.gallery, s.gallery_labels, scoring=score_cfg["scoring"], knn=knn)
+    own = None if query_names is None else own_columns(query_names, s.gallery_names)
+    return similarity(query, s.gallery, s.gallery_labels, scoring=score_cfg["scoring"], knn=knn, own=own)
 
 
 def write_embedding_scores(s: EmbedSet, fold: int, out_dir: Path, score_cfg: dict,
@@ -66,7 +68,7 @@ def write_embedding_scores(s: EmbedSet, fold: int, out_dir: Path, score_cfg: dic
     written = []
     oof_sims = None
     if s.oof is not None and len(s.oof):
-        oof_sims = _similarity(s.oof, s, score_cfg)
+        oof_sims = _similarity(s.oof, s, score_cfg, s.oof_names)
         keep = ~self_pairs(s.oof_names, s.gallery_names)
         positive = same_whale(s.oof_labels, s.gallery_labels)
         calib = fit_logistic(oof_sims[keep], positive[keep], seed=fold)

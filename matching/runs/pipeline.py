@@ -19,7 +19,8 @@ from data.distributed import SINGLE, Shards
 from matching.matrix import ScoreMatrix, average, load_matrix, mask_self, save_matrix, stack_rows
 from matching.runs.embedding import score_embed_run
 from matching.runs.run import Run, cached_features
-from matching.similarity.pair_head import score_matrix
+from matching.similarity.cosine import own_columns
+from matching.similarity.head_scoring import head_similarity
 from siamese.arcface import FAMILY as ARCFACE
 from siamese.families import family_name
 from siamese.model import SiameseModel, build_model
@@ -44,7 +45,9 @@ def score_run(run: Run, catalog, val_names: Sequence[str] | None, out_dir: Path,
         return score_embed_run(run, catalog, val_names, out_dir, feat_dir, device=device, budget_mb=budget_mb,
                                batch=batch, workers=workers, shards=shards)
     model = load_run_model(run, device)
-    known = catalog.train[catalog.train["Id"] != NEW_WHALE]["Image"].tolist()
+    known_df = catalog.train[catalog.train["Id"] != NEW_WHALE]
+    known, labels = known_df["Image"].tolist(), known_df["Id"].tolist()
+    scoring = run.config["score"]["scoring"]
     encoder = model.encoder()
     gallery = cached_features(encoder, run, known, [catalog.train_path(n) for n in known],
                               [catalog.box(n) for n in known], feat_dir / "catalog.npz", device, batch, workers,
@@ -61,7 +64,9 @@ def score_run(run: Run, catalog, val_names: Sequence[str] | None, out_dir: Path,
         rows = shards.rows(len(names))
 
         def write_part(path: Path, rows=rows, query=query, names=names, part=part) -> None:
-            scores = score_matrix(model.head, query[rows], gallery, device=device, budget_mb=budget_mb)
+            own = own_columns(names[rows], known) if part == "oof" else None
+            scores = head_similarity(model.head, query[rows], gallery, labels, scoring=scoring, own=own,
+                                     device=device, budget_mb=budget_mb)
             matrix = ScoreMatrix(scores=scores, query=np.asarray(names[rows], dtype=str),
                                  gallery=np.asarray(known, dtype=str))
             save_matrix(path, mask_self(matrix) if part == "oof" else matrix)

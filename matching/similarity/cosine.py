@@ -43,20 +43,43 @@ def cosine_matrix(query: np.ndarray, gallery: np.ndarray, *, budget_mb: float = 
     return out
 
 
-def whale_centres(gallery: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Unit centre of each whale (mean of its unit embeddings, renormalised) and each column's centre row."""
+def whale_sums(gallery: np.ndarray, labels: Sequence[str], unit: bool = True):
+    """``(sums, counts, column)``: per whale the sum of its photos' features (unit length first with ``unit``) and
+    its photo count, and each column's whale row."""
     whales, column = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
-    g = normalize(gallery)
+    g = normalize(gallery) if unit else np.asarray(gallery, dtype=np.float32)
     sums = np.zeros((len(whales), g.shape[1]), dtype=np.float64)
     np.add.at(sums, column, g)
+    return sums, np.bincount(column, minlength=len(whales)), column
+
+
+def whale_centres(gallery: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Unit centre of each whale (mean of its unit embeddings, renormalised) and each column's centre row."""
+    sums, _, column = whale_sums(gallery, labels)
     return normalize(sums), column
 
 
-def centre_matrix(query: np.ndarray, gallery: np.ndarray, labels: Sequence[str], *,
+def own_columns(query_names: Sequence[str], gallery_names: Sequence[str]) -> np.ndarray:
+    """``[Q]`` the gallery column of each query's own photo (an out-of-fold query is a catalog photo), -1 if none."""
+    where = {str(n): j for j, n in enumerate(gallery_names)}
+    return np.asarray([where.get(str(n), -1) for n in query_names], dtype=np.int64)
+
+
+def centre_matrix(query: np.ndarray, gallery: np.ndarray, labels: Sequence[str], *, own: np.ndarray | None = None,
                   budget_mb: float = 256) -> np.ndarray:
-    """``[Q, G]``: each column holds the cosine of the query with the centre of that column's whale."""
-    centres, column = whale_centres(gallery, labels)
-    return cosine_matrix(query, centres, budget_mb=budget_mb)[:, column]
+    """``[Q, G]``: each column holds the cosine of the query with the centre of that column's whale. ``own``
+    (:func:`own_columns`): a query found in the gallery is left out of its own whale's centre, which would
+    otherwise hold the query itself (an out-of-fold row scored against the whole catalog); a whale with no
+    other photo then scores 0 there (its only column is the query's own, masked anyway)."""
+    sums, _, column = whale_sums(gallery, labels)
+    out = cosine_matrix(query, normalize(sums), budget_mb=budget_mb)[:, column]
+    if own is not None:
+        g, q = normalize(gallery), normalize(query)
+        for i in np.flatnonzero(np.asarray(own) >= 0):
+            w = column[own[i]]
+            rest = normalize((sums[w] - g[own[i]])[None])[0]
+            out[i, column == w] = float(q[i] @ rest)
+    return out
 
 
 def knn_cosine(query: np.ndarray, gallery: np.ndarray, k: int) -> np.ndarray:
@@ -77,19 +100,20 @@ def knn_cosine(query: np.ndarray, gallery: np.ndarray, k: int) -> np.ndarray:
 
 
 def similarity(query: np.ndarray, gallery: np.ndarray, labels: Sequence[str], *, scoring: str = "image",
-               knn: int | None = None, budget_mb: float = 256) -> np.ndarray:
+               knn: int | None = None, own: np.ndarray | None = None, budget_mb: float = 256) -> np.ndarray:
     """Cosine ``[Q, G]`` by ``scoring``: ``image`` (query vs each photo), ``centre`` (vs the photo's whale
-    centre) or ``both`` (their mean). ``knn``: keep only each query's ``knn`` best photos (others at FLOOR)."""
+    centre) or ``both`` (their mean). ``knn``: keep only each query's ``knn`` best photos (others at FLOOR).
+    ``own``: the queries' own gallery columns, left out of the centres (:func:`centre_matrix`)."""
     if scoring not in SCORINGS:
         raise InputError(None, f"score.scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}")
     if len(query) == 0 or len(gallery) == 0:
         return np.zeros((len(query), len(gallery)), dtype=np.float32)
     if scoring == "centre":
-        return centre_matrix(query, gallery, labels, budget_mb=budget_mb)
+        return centre_matrix(query, gallery, labels, own=own, budget_mb=budget_mb)
     image = knn_cosine(query, gallery, knn) if knn else cosine_matrix(query, gallery, budget_mb=budget_mb)
     if scoring == "image":
         return image
-    return 0.5 * (image + centre_matrix(query, gallery, labels, budget_mb=budget_mb))
+    return 0.5 * (image + centre_matrix(query, gallery, labels, own=own, budget_mb=budget_mb))
 
 
 def meta_embedding(parts: Sequence[np.ndarray]) -> np.ndarray:

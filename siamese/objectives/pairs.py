@@ -1,6 +1,11 @@
 """The Siamese objective: pairs of photos, positives of one whale and negatives mined by linear assignment on
 the model's own score matrix (``K``: the miner's noise), binary cross-entropy on the pair head.
 
+``loss.margin_weight > 0`` adds an auxiliary ArcFace classifier (``model.arc_s``, ``arc_m``) over the fold's
+mining whales on the features the head reads, both sides of every pair: it shapes the neck as the embedding
+family's loss does, while the pair head stays the scorer. The classifier is training machinery, kept in
+``last.pt`` beside the miner, never in the model.
+
 A frozen block trains the neck and head on cached trunk features of the mining photos: the test-time crop
 and ``train.frozen_views`` random training views, each side of each pair on a random view, every pair once
 per view round. Mining then scores the neck's outputs (the head over every pair), every ``mine_every`` epochs.
@@ -22,6 +27,7 @@ from data.device import autocast
 from data.errors import InputError
 from matching.ranking.rank import tune_threshold
 from matching.similarity.pair_head import score_matrix
+from siamese.arcface import ArcMarginHead, classification_loss
 from siamese.head import PairHead
 from siamese.objectives import Objective
 from siamese.pairs import NegativeMiner, positive_pairs
@@ -40,6 +46,20 @@ class PairObjective(Objective):
         self.mine_labels = data.train_labels[self.mine_idx]
         self.miner = NegativeMiner(self.mine_labels, segments=t["segments"], sparse_k=t["sparse_k"], memory=1)
         self._mine_scores: np.ndarray | None = None
+        self.margin_weight = cfg["loss"]["margin_weight"]
+        self.margin: ArcMarginHead | None = None
+        self._margin_ddp: torch.nn.Module | None = None
+        self._classes = torch.from_numpy(np.unique(self.mine_labels, return_inverse=True)[1].ravel())
+
+    def bind(self, trainer) -> None:
+        super().bind(trainer)
+        if self.margin_weight > 0:
+            m = trainer.cfg["model"]
+            with torch.random.fork_rng(devices=[]):  # its own seeded draw; the run's stream stays as it was
+                torch.manual_seed(trainer.seed)
+                self.margin = ArcMarginHead(trainer.model.head.dim, int(self._classes.max()) + 1, s=m["arc_s"],
+                                            m=m["arc_m"], easy_margin=m["easy_margin"]).to(trainer.device)
+            self._classes = self._classes.to(trainer.device)
 
     # ---- what the trainer asks ----------------------------------------------------------
     def optimizer(self) -> torch.optim.Optimizer:
@@ -50,6 +70,8 @@ class PairObjective(Objective):
         ids = {id(p) for p in neck}
         rest = [p for p in t.model.parameters() if id(p) not in ids]
         groups = [{"params": rest, "mult": 1.0}] + ([{"params": neck, "mult": t.tcfg["neck_lr_mult"]}] if neck else [])
+        if self.margin is not None:
+            groups.append({"params": list(self.margin.parameters()), "mult": 1.0})
         return torch.optim.Adam(groups, lr=1e-4, weight_decay=t.tcfg["weight_decay"])
 
     def begin(self, size: int) -> None:
@@ -103,10 +125,16 @@ class PairObjective(Objective):
         return float(map5), float(threshold)
 
     def state_dict(self) -> dict:
-        return {"miner": self.miner.state_dict()}
+        margin = {} if self.margin is None else {"margin_head": self.margin.state_dict()}
+        return {"miner": self.miner.state_dict(), **margin}
 
     def load_state_dict(self, state: dict, path: Path) -> None:
         self.miner.load_state_dict(state["miner"])
+        if self.margin is not None:
+            if "margin_head" not in state:
+                raise InputError(path, "this checkpoint has no margin classifier (loss.margin_weight was 0): "
+                                       "resume with the config it was trained with")
+            self.margin.load_state_dict(state["margin_head"])
 
     def resumable_after(self, pos: Position, block: Block) -> bool:
         """After epochs that leave no cached mining scores behind."""
@@ -186,6 +214,32 @@ class PairObjective(Objective):
         scale = t.shards.world if t.shards.world > 1 and not sync else 1
         return losses.sum() * (scale / abs(size)), float(losses.detach().sum())
 
+    def _margin_loss(self, idx: torch.Tensor, fa: torch.Tensor, fb: torch.Tensor, size: int,
+                     margin: torch.nn.Module) -> torch.Tensor:
+        """``loss.margin_weight`` x the ArcFace cross-entropy of both sides of the share's pairs (``idx``: their
+        mining indices), scaled as :meth:`_loss` scales the BCE; zero without the classifier."""
+        if self.margin is None:
+            return fa.sum() * 0.0
+        labels = self._classes[torch.cat([idx[:, 0], idx[:, 1]]).to(self._classes.device)]
+        feats = torch.cat([fa, fb]).float()
+        ce = classification_loss(margin(feats, labels), labels) * len(labels)  # the share's sum
+        if size < 0:
+            ce = ce * 0.0
+        t = self.trainer
+        scale = t.shards.world if t.shards.world > 1 and margin is not self.margin else 1
+        return self.margin_weight * ce * (scale / (2 * abs(size)))
+
+    def _image_margin(self) -> torch.nn.Module | None:
+        """The classifier for image batches: in DistributedDataParallel under torchrun, as the model is."""
+        if self.margin is None or self.trainer.shards.world == 1:
+            return self.margin
+        if self._margin_ddp is None:
+            from torch.nn.parallel import DistributedDataParallel
+            dev = self.trainer.device
+            self._margin_ddp = DistributedDataParallel(self.margin, device_ids=[dev.index] if dev.type == "cuda"
+                                                       else None)
+        return self._margin_ddp
+
     def _train_frozen(self, pairs, targets, views, block: Block, desc: str) -> float:
         t = self.trainer
         feats, model = t.frozen_feats, t.model
@@ -193,6 +247,8 @@ class PairObjective(Objective):
         model.neck.train()
         model.head.train()
         trainable = list(model.neck.parameters()) + list(model.head.parameters()) + t.cached_parameters()
+        if self.margin is not None:
+            trainable += list(self.margin.parameters())
         total, n = 0.0, 0
         for share, size in tqdm(self._local_batches(len(pairs), block.batch), desc=desc, leave=False,
                                 unit="batch", disable=not t.shards.main):
@@ -203,6 +259,7 @@ class PairObjective(Objective):
             fb = model.neck(t.cached_forward(feats[view[:, 1], idx[:, 1]]))
             logits = model.head(fa, fb)
             loss, summed = self._loss(logits, y, size, sync=True)
+            loss = loss + self._margin_loss(idx, fa, fb, size, self.margin)
             t.step(loss, sync=trainable)
             total += summed
             n += len(y) if size > 0 else 0
@@ -224,17 +281,19 @@ class PairObjective(Objective):
         loader = make_loader(Subset(PairDataset(images, pairs, targets), local), 1, batch_sampler=sampler,
                              workers=t.tcfg["workers"])
         t.train_branch_mode()
-        model = t.wrapped()
+        model, margin = t.wrapped(), self._image_margin()
         total, n = 0.0, 0
-        for (a, b, y), (_, bsize) in zip(tqdm(loader, desc=desc, leave=False, unit="batch",
-                                              disable=not t.shards.main), batches):
+        for (a, b, y), (share, bsize) in zip(tqdm(loader, desc=desc, leave=False, unit="batch",
+                                                  disable=not t.shards.main), batches):
             a, b, y = (x.to(t.device, non_blocking=True) for x in (a, b, y))
             if t.device.type == "cuda":
                 a = a.contiguous(memory_format=torch.channels_last)
                 b = b.contiguous(memory_format=torch.channels_last)
             with autocast(t.device, t.tcfg["amp"]):
-                logits = model(a, b)
+                logits, fa, fb = model(a, b, features=True)
             loss, summed = self._loss(logits, y, bsize, sync=False)
+            if margin is not None:
+                loss = loss + self._margin_loss(torch.from_numpy(pairs[share]), fa, fb, bsize, margin)
             t.step(loss)
             total += summed
             n += len(y) if bsize > 0 else 0
