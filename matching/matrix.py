@@ -139,14 +139,19 @@ def average(matrices: Sequence[ScoreMatrix | str | Path]) -> ScoreMatrix:
     return blend(matrices, [1.0] * len(matrices))
 
 
+def own_columns(query: Sequence[str], gallery: Sequence[str]) -> np.ndarray:
+    """``[Q]`` the gallery column of the image of each query's own name (an out-of-fold query is a catalog photo),
+    -1 where there is none."""
+    col = {str(name): j for j, name in enumerate(gallery)}
+    return np.asarray([col.get(str(name), -1) for name in query], dtype=np.int64)
+
+
 def self_pairs(query: Sequence[str], gallery: Sequence[str]) -> np.ndarray:
     """``[Q, G]`` bool: the entries where a query meets the gallery image of the same name."""
     out = np.zeros((len(query), len(gallery)), dtype=bool)
-    col = {str(name): j for j, name in enumerate(gallery)}
-    for i, name in enumerate(query):
-        j = col.get(str(name))
-        if j is not None:
-            out[i, j] = True
+    own = own_columns(query, gallery)
+    rows = np.flatnonzero(own >= 0)
+    out[rows, own[rows]] = True
     return out
 
 

@@ -245,9 +245,13 @@ class FoldTrainer:
         if self.shards.world == 1:
             return self.model
         if self._ddp is None:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self._ddp = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+            self._ddp = self.distributed(self.model)
         return self._ddp
+
+    def distributed(self, module: torch.nn.Module) -> DistributedDataParallel:
+        """``module`` in DistributedDataParallel on this process's device (buffers not broadcast)."""
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
     def train_branch_mode(self) -> None:
         """Training mode for an image epoch, batch norm frozen with ``train.freeze_bn``."""

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from data.errors import InputError
+from matching.matrix import own_columns
 from matching.similarity import cosine as embed_scores
 from matching.similarity.calibration import fit_logistic, same_whale
 from matching.similarity.cosine import (
@@ -14,7 +15,6 @@ from matching.similarity.cosine import (
     cosine_matrix,
     knn_cosine,
     meta_embedding,
-    own_columns,
     similarity,
 )
 

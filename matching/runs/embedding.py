@@ -20,10 +20,10 @@ from data.distributed import SINGLE, Shards
 from data.errors import InputError
 from data.io import load_npz, write_csv
 from data.settings import Score, check
-from matching.matrix import ScoreMatrix, mask_self, save_matrix, self_pairs
+from matching.matrix import ScoreMatrix, mask_self, own_columns, save_matrix, self_pairs
 from matching.runs.run import Run, cached_features
 from matching.similarity.calibration import Logistic, fit_logistic, same_whale
-from matching.similarity.cosine import meta_embedding, own_columns, similarity
+from matching.similarity.cosine import meta_embedding, similarity
 from siamese.arcface import FAMILY as ARCFACE
 from siamese.arcface import Embedder, build_embedding_model, classes_in_state
 from siamese.families import family_name

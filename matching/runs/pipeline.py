@@ -16,10 +16,9 @@ import torch
 from data.catalog import NEW_WHALE
 from data.checkpoint import load_checkpoint
 from data.distributed import SINGLE, Shards
-from matching.matrix import ScoreMatrix, average, load_matrix, mask_self, save_matrix, stack_rows
+from matching.matrix import ScoreMatrix, average, load_matrix, mask_self, own_columns, save_matrix, stack_rows
 from matching.runs.embedding import score_embed_run
 from matching.runs.run import Run, cached_features
-from matching.similarity.cosine import own_columns
 from matching.similarity.head_scoring import head_similarity
 from siamese.arcface import FAMILY as ARCFACE
 from siamese.families import family_name

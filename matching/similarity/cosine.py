@@ -59,27 +59,34 @@ def whale_centres(gallery: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarra
     return normalize(sums), column
 
 
-def own_columns(query_names: Sequence[str], gallery_names: Sequence[str]) -> np.ndarray:
-    """``[Q]`` the gallery column of each query's own photo (an out-of-fold query is a catalog photo), -1 if none."""
-    where = {str(n): j for j, n in enumerate(gallery_names)}
-    return np.asarray([where.get(str(n), -1) for n in query_names], dtype=np.int64)
+def without_own(feats: np.ndarray, sums: np.ndarray, column: np.ndarray, own: np.ndarray):
+    """``(rows, whale, rest)`` for the queries with an own gallery column (:func:`matching.matrix.own_columns`):
+    their rows, their whale and that whale's feature sum without the query's photo (``feats``, as summed)."""
+    rows = np.flatnonzero(np.asarray(own) >= 0)
+    whale = column[own[rows]]
+    return rows, whale, sums[whale] - feats[own[rows]]
+
+
+def fill_whale_columns(out: np.ndarray, rows: np.ndarray, whale: np.ndarray, column: np.ndarray,
+                       values: np.ndarray) -> np.ndarray:
+    """``out[rows[k], every column of whale[k]] = values[k]``."""
+    for i, w, v in zip(rows, whale, values):
+        out[i, column == w] = v
+    return out
 
 
 def centre_matrix(query: np.ndarray, gallery: np.ndarray, labels: Sequence[str], *, own: np.ndarray | None = None,
                   budget_mb: float = 256) -> np.ndarray:
     """``[Q, G]``: each column holds the cosine of the query with the centre of that column's whale. ``own``
-    (:func:`own_columns`): a query found in the gallery is left out of its own whale's centre, which would
-    otherwise hold the query itself (an out-of-fold row scored against the whole catalog); a whale with no
-    other photo then scores 0 there (its only column is the query's own, masked anyway)."""
+    (:func:`matching.matrix.own_columns`): a query found in the gallery is left out of its own whale's centre,
+    which would otherwise hold the query itself (an out-of-fold row scored against the whole catalog); a whale
+    with no other photo then scores 0 there (its only column is the query's own, masked anyway)."""
     sums, _, column = whale_sums(gallery, labels)
     out = cosine_matrix(query, normalize(sums), budget_mb=budget_mb)[:, column]
-    if own is not None:
-        g, q = normalize(gallery), normalize(query)
-        for i in np.flatnonzero(np.asarray(own) >= 0):
-            w = column[own[i]]
-            rest = normalize((sums[w] - g[own[i]])[None])[0]
-            out[i, column == w] = float(q[i] @ rest)
-    return out
+    if own is None:
+        return out
+    rows, whale, rest = without_own(normalize(gallery), sums, column, own)
+    return fill_whale_columns(out, rows, whale, column, (normalize(query)[rows] * normalize(rest)).sum(1))
 
 
 def knn_cosine(query: np.ndarray, gallery: np.ndarray, k: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 ``image`` (the head over the query and each catalog photo), ``centre`` (over the query and the mean head
 features of that photo's whale) or ``both`` (the mean of the two probabilities).
 
-An out-of-fold query is a catalog photo itself: ``own`` (its column, :func:`matching.similarity.cosine.own_columns`)
+An out-of-fold query is a catalog photo itself: ``own`` (its column, :func:`matching.matrix.own_columns`)
 leaves it out of its own whale's centre, which would otherwise contain the very photo it is compared with.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from data.errors import InputError
-from matching.similarity.cosine import SCORINGS, whale_sums
+from matching.similarity.cosine import SCORINGS, fill_whale_columns, whale_sums, without_own
 from matching.similarity.pair_head import score_matrix
 
 
@@ -26,23 +26,19 @@ def head_centre_matrix(head: torch.nn.Module, query: np.ndarray, gallery: np.nda
     sums, counts, column = whale_sums(gallery, labels, unit=False)
     centres = (sums / counts[:, None]).astype(np.float32)
     out = score_matrix(head, query, centres, device=device, budget_mb=budget_mb)[:, column]
-    if own is None or not (np.asarray(own) >= 0).any():
+    if own is None:
         return out
-    rows = np.flatnonzero(np.asarray(own) >= 0)
-    whale = column[own[rows]]
-    lonely = counts[whale] <= 1
-    rest = (sums[whale] - gallery[own[rows]]) / np.maximum(counts[whale] - 1, 1)[:, None]
+    rows, whale, rest = without_own(np.asarray(gallery, np.float32), sums, column, own)
+    left = counts[whale] - 1
     q = torch.as_tensor(np.asarray(query, np.float32)[rows], device=device)
-    r = torch.as_tensor(rest.astype(np.float32), device=device)
+    r = torch.as_tensor((rest / np.maximum(left, 1)[:, None]).astype(np.float32), device=device)
     was = head.training
     head.eval()
     with torch.no_grad():
-        probs = torch.cat([torch.sigmoid(head(q[i:i + 4096], r[i:i + 4096]).float())
-                           for i in range(0, len(q), 4096)]).cpu().numpy()
+        probs = [torch.sigmoid(head(q[i:i + 4096], r[i:i + 4096]).float()) for i in range(0, len(q), 4096)]
     head.train(was)
-    for i, w, p, alone in zip(rows, whale, probs, lonely):
-        out[i, column == w] = 0.0 if alone else p
-    return out
+    probs = torch.cat(probs).cpu().numpy() if probs else np.zeros(0, np.float32)
+    return fill_whale_columns(out, rows, whale, column, np.where(left > 0, probs, 0.0))
 
 
 def head_similarity(head: torch.nn.Module, query: np.ndarray, gallery: np.ndarray, labels: Sequence[str], *,

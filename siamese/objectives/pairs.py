@@ -215,11 +215,11 @@ class PairObjective(Objective):
         return losses.sum() * (scale / abs(size)), float(losses.detach().sum())
 
     def _margin_loss(self, idx: torch.Tensor, fa: torch.Tensor, fb: torch.Tensor, size: int,
-                     margin: torch.nn.Module) -> torch.Tensor:
+                     margin: torch.nn.Module | None) -> torch.Tensor | float:
         """``loss.margin_weight`` x the ArcFace cross-entropy of both sides of the share's pairs (``idx``: their
-        mining indices), scaled as :meth:`_loss` scales the BCE; zero without the classifier."""
-        if self.margin is None:
-            return fa.sum() * 0.0
+        mining indices), scaled as :meth:`_loss` scales the BCE; 0 without the classifier."""
+        if margin is None:
+            return 0.0
         labels = self._classes[torch.cat([idx[:, 0], idx[:, 1]]).to(self._classes.device)]
         feats = torch.cat([fa, fb]).float()
         ce = classification_loss(margin(feats, labels), labels) * len(labels)  # the share's sum
@@ -234,10 +234,7 @@ class PairObjective(Objective):
         if self.margin is None or self.trainer.shards.world == 1:
             return self.margin
         if self._margin_ddp is None:
-            from torch.nn.parallel import DistributedDataParallel
-            dev = self.trainer.device
-            self._margin_ddp = DistributedDataParallel(self.margin, device_ids=[dev.index] if dev.type == "cuda"
-                                                       else None)
+            self._margin_ddp = self.trainer.distributed(self.margin)
         return self._margin_ddp
 
     def _train_frozen(self, pairs, targets, views, block: Block, desc: str) -> float:
@@ -292,8 +289,7 @@ class PairObjective(Objective):
             with autocast(t.device, t.tcfg["amp"]):
                 logits, fa, fb = model(a, b, features=True)
             loss, summed = self._loss(logits, y, bsize, sync=False)
-            if margin is not None:
-                loss = loss + self._margin_loss(torch.from_numpy(pairs[share]), fa, fb, bsize, margin)
+            loss = loss + self._margin_loss(torch.from_numpy(pairs[share]), fa, fb, bsize, margin)
             t.step(loss)
             total += summed
             n += len(y) if bsize > 0 else 0
