@@ -2,7 +2,9 @@
 every resolution stage of its schedule.
 
 Reads train.csv, folds.csv (scripts/make_folds.py) and boxes.csv when present from --data-dir; writes
-<work-dir>/runs/<model>/fold<k>/<size>px/{last,best}.pt and metrics.csv, and config.yaml of the run.
+<work-dir>/runs/<model>/fold<k>/<size>px/{last,best}.pt and metrics.csv, and config.yaml of the run. A branch
+that never trains (every block freeze_branch) shares its test-time-crop features with the other folds, runs and
+score_matrix.py under <work-dir>/features/trunk/.
 
 Examples:
   python scripts/train_fold.py 0
@@ -30,6 +32,7 @@ from data.folds import fold_split
 from data.io import write_text
 from siamese.families import family_of
 from siamese.trainer import build_fold_data
+from siamese.trunk_cache import TRUNK_DIR
 
 
 def main() -> int:
@@ -64,7 +67,8 @@ def main() -> int:
     say(f"fold {args.fold}: {len(data.train_paths)} catalog images ({len(data.mining_index)} give pairs), "
         f"{len(data.val_paths)} validation images; device {device}"
         f"{f' x {shards.world} processes' if shards.world > 1 else ''}; writing {run_dir}")
-    trainer = family.trainer(cfg, data, run_dir, device, shards=shards, source=folds_path)
+    trainer = family.trainer(cfg, data, run_dir, device, shards=shards, source=folds_path,
+                             trunk_dir=args.work_dir / "features" / TRUNK_DIR)
     if shards.main:
         write_text(yaml.safe_dump(cfg, sort_keys=False), run_dir / "config.yaml")
     start = time.perf_counter()

@@ -44,13 +44,15 @@ class Family:
     objective: type[Objective]
 
     def trainer(self, cfg: dict, data: FoldData, run_dir: Path, device: torch.device, *,
-                shards: Shards = SINGLE, source: Source = None, log: Callable[[str], None] = print) -> FoldTrainer:
+                shards: Shards = SINGLE, source: Source = None, log: Callable[[str], None] = print,
+                trunk_dir: Path | None = None) -> FoldTrainer:
         """The fold trainer of a config of this family; a fold or launch it cannot train is an InputError
-        naming ``source`` (the folds file)."""
+        naming ``source`` (the folds file). ``trunk_dir``: where a frozen trunk's features are shared
+        (``<work>/features/trunk``; None: kept in memory only)."""
         cfg = check(cfg, Settings)
         objective = self.objective(data, cfg, source)  # checks the fold before a model is built
         return FoldTrainer(self.model(cfg, data, source), objective, cfg, data, run_dir, device, log=log,
-                           shards=shards)
+                           shards=shards, trunk_dir=trunk_dir)
 
 
 def _arcface_model(cfg: dict, data: FoldData, source: Source) -> torch.nn.Module:

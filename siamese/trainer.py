@@ -38,6 +38,7 @@ from data.io import write_csv
 from siamese.infer import Flipped, compute_features
 from siamese.schedule import Position, Stage, epochs_before, global_epoch, parse_schedule
 from siamese.stages import Stem, Tail, split_branch
+from siamese.trunk_cache import store_for, through
 
 
 @dataclass
@@ -103,7 +104,8 @@ class FoldTrainer:
     (every key of the schema, :func:`data.settings.check`), as :meth:`siamese.families.Family.trainer` makes it."""
 
     def __init__(self, model: torch.nn.Module, objective, cfg: dict, data: FoldData, run_dir: Path,
-                 device: torch.device, log: Callable[[str], None] = print, shards: Shards = SINGLE):
+                 device: torch.device, log: Callable[[str], None] = print, shards: Shards = SINGLE,
+                 trunk_dir: Path | None = None):
         self.cfg = cfg
         self.tcfg = self.cfg["train"]
         self.shards = shards
@@ -131,6 +133,9 @@ class FoldTrainer:
         if self.tcfg["trainable_stages"]:
             self.stem, self.tail = split_branch(self.model.branch, self.tcfg["trainable_stages"])
         self.stem_cache: dict[tuple, np.ndarray] = {}  # stem maps per (images, size, view, mirrored)
+        # a trunk that never trains: its test-time-crop features shared on disk with the other folds, the
+        # other family's runs and scoring (siamese/trunk_cache.py)
+        self.trunk_store = store_for(trunk_dir, self.model.branch, cfg)
         self.tail_block = False  # the current block trains the branch's tail on cached stem maps
         self.average = CheckpointAverage(self.tcfg["average_last"])
         objective.bind(self)
@@ -143,7 +148,8 @@ class FoldTrainer:
         view ``view``; with several ranks each computes its rows and all get the whole.
 
         With ``train.trainable_stages`` the branch (or its mirror, ``Flipped``) runs as the cached stem maps
-        through the tail; ``stem``: the stem maps themselves (what a tail block trains on)."""
+        through the tail; ``stem``: the stem maps themselves (what a tail block trains on). The test-time crops
+        of a frozen trunk come from the trunk store: the branch's features, or ``module``'s neck over them."""
         if self.stem is not None and (module is None or getattr(module, "module", None) is self.model.branch):
             flipped = module is not None
             key = (hash(tuple(map(str, paths))), hash(tuple(map(str, boxes))), size, view, flipped)
@@ -152,6 +158,13 @@ class FoldTrainer:
                                                       Flipped(self.stem) if flipped else self.stem)
             maps = self.stem_cache[key]
             return maps if stem else self.tail_features(torch.from_numpy(maps)).cpu().numpy()
+        branch = self.model.branch
+        if view == 0 and self.trunk_store is not None and (
+                module is None or module is branch or getattr(module, "branch", None) is branch):
+            t = self.tcfg
+            trunk = self.trunk_store.features(paths, boxes, size, device=self.device, batch=t["feature_batch"],
+                                              workers=t["workers"], amp=t["amp"], desc=desc, shards=self.shards)
+            return trunk if module is None or module is branch else through(module.neck, trunk, self.device)
         return self._computed(paths, boxes, size, desc, view, self.model.branch if module is None else module)
 
     def _computed(self, paths, boxes, size: int, desc: str, view: int, module: torch.nn.Module) -> np.ndarray:
@@ -212,14 +225,7 @@ class FoldTrainer:
     @torch.no_grad()
     def neck_features(self, trunk: np.ndarray | torch.Tensor) -> np.ndarray:
         """The neck (in eval mode) over trunk features, in chunks."""
-        neck = self.model.neck
-        was_training = neck.training
-        neck.eval()
-        x = torch.as_tensor(trunk).to(self.device)
-        out = (torch.cat([neck(x[i:i + 4096]) for i in range(0, len(x), 4096)]) if len(x)
-               else x.new_zeros((0, neck.out_dim)))
-        neck.train(was_training)
-        return out.float().cpu().numpy()
+        return through(self.model.neck, trunk, self.device)
 
     # ---- optimisation -------------------------------------------------------------------
     def step(self, loss: torch.Tensor, sync: list[torch.nn.Parameter] | None = None) -> None:

@@ -20,6 +20,7 @@ from data.images import TEST_MARGIN
 from data.settings import Settings, check
 from siamese.infer import compute_features
 from siamese.schedule import parse_schedule
+from siamese.trunk_cache import TRUNK_DIR, store_for, through
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,12 @@ def discover_runs(runs_dir: Path, models: Sequence[str] | None = None) -> list[R
     return found
 
 
+def trunk_dir(feat_dir: Path) -> Path:
+    """Where the frozen trunk features of a work folder are shared: ``features/trunk`` beside the
+    ``features/<model>/fold<k>`` folder ``feat_dir``."""
+    return Path(feat_dir).parent.parent / TRUNK_DIR
+
+
 def cached_features(encoder: torch.nn.Module, run: Run, names: Sequence[str], paths: Sequence[Path],
                     boxes: Sequence, cache: Path, device: torch.device, batch: int = 64,
                     workers: int | None = None, shards: Shards = SINGLE) -> np.ndarray:
@@ -60,6 +67,8 @@ def cached_features(encoder: torch.nn.Module, run: Run, names: Sequence[str], pa
     model, the embedder of an embedding model), each photo's row reused from ``cache`` (``.npz``: features, names,
     keys; or another cache file beside it) while its key holds: the checkpoint, the size, the crop margin,
     ``score.tta``, the photo's bytes and its box (:mod:`data.cache`). A grown catalog costs its new photos.
+    A run whose trunk never trained computes the missing rows as its neck over the shared trunk features of
+    :func:`trunk_dir` (:mod:`siamese.trunk_cache`): the other folds and runs on that trunk reuse them.
 
     With several ``shards`` each process computes its share of the missing rows and rank 0 writes the cache."""
     stat = run.checkpoint.stat()
@@ -68,7 +77,17 @@ def cached_features(encoder: torch.nn.Module, run: Run, names: Sequence[str], pa
     mcfg = run.config["model"]
     paths, boxes, names = list(paths), list(boxes), np.asarray(names, dtype=str)
 
+    store = store_for(trunk_dir(cache.parent), encoder.branch, run.config)
+
     def compute(rows: np.ndarray) -> Rows:
+        if store is not None:
+            sub_paths, sub_boxes = [paths[i] for i in rows], [boxes[i] for i in rows]
+            views = [False, True] if tta == "flip" else [False]
+            feats = sum(through(encoder.neck, store.features(sub_paths, sub_boxes, run.size, device=device,
+                                                              batch=batch, workers=workers, mirrored=mirrored,
+                                                              desc=f"trunk {cache.stem}"), device)
+                        for mirrored in views) / len(views)
+            return Rows(names[rows], features=np.asarray(feats, np.float32))
         feats = compute_features(encoder, [paths[i] for i in rows], [boxes[i] for i in rows], run.size,
                                  channels=mcfg["in_chans"], batch=batch, device=device, workers=workers,
                                  max_megapixels=run.config["data"]["max_megapixels"],
