@@ -220,3 +220,4 @@ def test_a_second_local_member_matches_only_the_first_members_shortlist(tiny_cat
     np.put_along_axis(outside, top2, False, axis=1)
     assert (b[outside] == b.min()).all()  # pairs off the first member's shortlist get the least score
     assert (b[~outside] > b.min()).any()
+
