@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from data.datasets import ImageDataset, make_loader
-from data.device import autocast
+from data.device import autocast, image_batch
 
 
 class Flipped(torch.nn.Module):
@@ -61,9 +61,7 @@ def compute_features(branch: torch.nn.Module, paths: Sequence[Path], boxes: Sequ
     out = []
     try:
         for images in tqdm(loader, desc=desc, leave=False, unit="batch"):
-            images = images.to(device, non_blocking=True)
-            if device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = image_batch(images, device)
             with autocast(device, amp):
                 features = branch(images).float()
                 if flip_tta:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from data.catalog import NEW_WHALE
 from data.datasets import ImageDataset, make_loader
-from data.device import autocast
+from data.device import autocast, image_batch
 from data.errors import InputError
 from matching.ranking.rank import tune_threshold
 from matching.similarity.cosine import similarity
@@ -221,9 +221,7 @@ class MarginObjective(Objective):
         total, n = 0.0, 0
         for step, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, unit="batch")):
             self.set_lr(pos, pos.epoch + step / steps)
-            x, y = x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True)
-            if t.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x, y = image_batch(x, t.device), y.to(t.device, non_blocking=True)
             with autocast(t.device, t.tcfg["amp"]):
                 embeddings = t.model.embed(x)
             loss = self.loss(embeddings.float(), y)

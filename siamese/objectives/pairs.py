@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from data.catalog import NEW_WHALE
 from data.datasets import ImageDataset, PairDataset, make_loader
-from data.device import autocast
+from data.device import autocast, image_batch
 from data.errors import InputError
 from matching.ranking.rank import tune_threshold
 from matching.similarity.pair_head import score_matrix
@@ -282,10 +282,7 @@ class PairObjective(Objective):
         total, n = 0.0, 0
         for (a, b, y), (share, bsize) in zip(tqdm(loader, desc=desc, leave=False, unit="batch",
                                                   disable=not t.shards.main), batches):
-            a, b, y = (x.to(t.device, non_blocking=True) for x in (a, b, y))
-            if t.device.type == "cuda":
-                a = a.contiguous(memory_format=torch.channels_last)
-                b = b.contiguous(memory_format=torch.channels_last)
+            a, b, y = image_batch(a, t.device), image_batch(b, t.device), y.to(t.device, non_blocking=True)
             with autocast(t.device, t.tcfg["amp"]):
                 logits, fa, fb = model(a, b, features=True)
             loss, summed = self._loss(logits, y, bsize, sync=False)
