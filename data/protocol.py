@@ -22,13 +22,16 @@ N-way one-shot tasks (:func:`write_one_shot`, the Omniglot benchmark of Lake et 
 whole groups of classes (a class's group is its Id before the first '/', e.g. an Omniglot alphabet) are held
 out; ``catalog/`` is the training catalog of the other groups, and every ``task_000/``, ... is a data folder
 with one photo per class of N held-out classes in ``train/`` and one other photo of each as a query in
-``test/`` (with ``truth.csv`` and ``queries.csv`` as above).
+``test/`` (with ``truth.csv`` and ``queries.csv`` as above). ``class_rotations`` 2 or 4 adds each training
+class turned by 180 degrees (2) or by 90, 180 and 270 degrees (4) to ``catalog/`` as classes of their own
+(``<Id>@r90`` ...), as Vinyals et al. and Snell et al. multiplied Omniglot's training classes; tasks are never
+rotated.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -291,8 +294,12 @@ class OneShotConfig:
     held_out_groups: int = 2
     groups: tuple[str, ...] = ()
     seed: int = 0
+    class_rotations: int = 1  # 2 or 4: the training classes turned by 180 (or 90, 180, 270) degrees as new classes
 
     def check(self) -> None:
+        if self.class_rotations not in ROTATIONS:
+            raise ValueError(f"class_rotations must be one of {', '.join(map(str, ROTATIONS))}, "
+                             f"got {self.class_rotations}")
         if self.ways < 2:
             raise ValueError(f"ways must be >= 2, got {self.ways}")
         if self.tasks < 1:
@@ -412,6 +419,7 @@ class OneShotSummary:
     tasks: int
     ways: int
     single_group_tasks: int
+    rotated_photos: int = 0
     links: dict[str, int] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
@@ -421,7 +429,8 @@ class OneShotSummary:
             f"  source:   {self.source_photos} photos of {self.source_classes} classes in {self.source_groups} groups",
             f"  held out: {len(self.held_out_groups)} groups ({', '.join(self.held_out_groups)}), "
             f"{self.held_out_classes} classes ({self.unusable_classes} with a single photo, in no task)",
-            f"  catalog/: train.csv {self.catalog_photos} photos of {self.catalog_classes} classes (for training)",
+            f"  catalog/: train.csv {self.catalog_photos} photos of {self.catalog_classes} classes (for training"
+            + (f"; {self.rotated_photos} of them rotated copies)" if self.rotated_photos else ")"),
             f"  tasks:    {self.tasks} x {self.ways}-way one-shot ({self.single_group_tasks} from a single group), "
             f"{TASK_PREFIX}*/ each with train/ (one shot per class), test/ (one query per class), truth.csv",
             f"  photos:   {links}",
@@ -441,6 +450,35 @@ def _place_task(task: OneShotTask, data_dir: Path, folder: Path, boxes: dict | N
     if boxes is not None:
         renamed = dict(zip(task.queries["Source"], task.queries["Image"], strict=True))
         _write_csv(_boxes_frame(boxes, set(task.shots["Image"]), renamed), folder / "boxes.csv")
+
+
+ROTATIONS = (1, 2, 4)
+
+
+def rotated_name(name: str, degrees: int) -> str:
+    """The catalog name of photo ``name`` turned by ``degrees``: ``<stem>_r<degrees><suffix>`` beside it."""
+    path = Path(name)
+    return str(path.with_name(f"{path.stem}_r{degrees}{path.suffix}"))
+
+
+def _rotated_classes(catalog: pd.DataFrame, folder: Path, rotations: int) -> pd.DataFrame:
+    """Write every identified photo of ``catalog`` (names relative to ``folder``) turned by 180 degrees
+    (``rotations`` 2) or by 90, 180 and 270 (4) beside it; their rows (``Image,Id``, the Id ``<Id>@r<degrees>``:
+    a class of its own, of the same group). Turns are exact (whole pixels, counter-clockwise)."""
+    from PIL import Image
+
+    turns = {1: [], 2: [2], 4: [1, 2, 3]}[rotations]
+    known = catalog[catalog["Id"] != NEW_WHALE]
+    rows = []
+    for k in turns:
+        degrees = 90 * k
+        transpose = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}[k]
+        for name, ident in zip(known["Image"], known["Id"], strict=True):
+            target = rotated_name(name, degrees)
+            with Image.open(folder / name) as image:
+                image.transpose(transpose).save(folder / target, format=image.format)
+            rows.append({"Image": target, "Id": f"{ident}@r{degrees}"})
+    return pd.DataFrame(rows, columns=["Image", "Id"])
 
 
 def _one_shot_summary(out: Path, train: pd.DataFrame, split: OneShotSplit, cfg: OneShotConfig,
@@ -478,18 +516,24 @@ def write_one_shot(data_dir: str | Path, out: str | Path, cfg: OneShotConfig, *,
     cfg.check()
     data_dir, out = Path(data_dir), Path(out)
     train, boxes = _read_source(data_dir, out, link, force)
+    if cfg.class_rotations > 1 and boxes is not None:
+        raise InputError(data_dir / "boxes.csv", "class rotations are for photos without boxes (a box would "
+                                                 "need turning too); leave out --class-rotations or boxes.csv")
     split = _split(one_shot_split, train, cfg, data_dir)
     links = dict.fromkeys(("hardlink", "symlink", "copy"), 0)
     with staged_dir(out) as tmp:
         (tmp / "catalog" / "train").mkdir(parents=True)
         for name in split.catalog["Image"]:
             links[place_file(data_dir / "train" / name, tmp / "catalog" / "train" / name, link)] += 1
+        rotated = _rotated_classes(split.catalog, tmp / "catalog" / "train", cfg.class_rotations)
+        split = replace(split, catalog=pd.concat([split.catalog, rotated], ignore_index=True))
         _write_csv(split.catalog[["Image", "Id"]], tmp / "catalog" / "train.csv")
         if boxes is not None:
             _write_csv(_boxes_frame(boxes, set(split.catalog["Image"]), {}), tmp / "catalog" / "boxes.csv")
         for task in split.tasks:
             _place_task(task, data_dir, tmp / task.name, boxes, link, links)
         summary = _one_shot_summary(out, train, split, cfg, links)
+        summary.rotated_photos = len(rotated)
         record = _one_shot_record(data_dir, cfg, split, summary)
         (tmp / "protocol.json").write_text(json.dumps(record, indent=2) + "\n")
     return summary

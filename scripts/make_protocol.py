@@ -24,7 +24,9 @@ Omniglot's "Balinese/character01"), or the Id itself. --held-out-groups K draws 
                 train/, one other photo of each (the query) in test/, truth.csv and queries.csv as above
   protocol.json settings, held-out groups, counts and the group(s) of every task
 The N classes of a task come from one held-out group (taken in turn) when a group has N or more classes,
-else from all held-out groups together. scripts/one_shot.py scores the tasks with trained runs.
+else from all held-out groups together. --class-rotations 4 adds every catalog class turned by 90, 180 and 270
+degrees as three classes of their own (Omniglot's 178 training characters become 712; tasks are never turned).
+scripts/one_shot.py scores the tasks with trained runs.
 
 Examples:
   python scripts/make_protocol.py --data-dir ../shared/data/right_whale --out /tmp/protocol_rw --seed 0
@@ -32,7 +34,7 @@ Examples:
   python scripts/evaluate.py --submission work/submission.csv --truth /tmp/protocol_rw/truth.csv
 
   python scripts/make_protocol.py --data-dir ../shared/data/omniglot --out /tmp/omni_proto \\
-      --one-shot 20 --tasks 20 --held-out-groups 2 --seed 0
+      --one-shot 20 --tasks 20 --held-out-groups 2 --seed 0 --class-rotations 4
   python scripts/make_folds.py --data-dir /tmp/omni_proto/catalog  # train on catalog/, then
   python scripts/one_shot.py --protocol /tmp/omni_proto --runs work/runs
 """
@@ -43,12 +45,12 @@ import argparse
 from pathlib import Path
 
 import _cli
-from data.protocol import LINK_MODES, OneShotConfig, ProtocolConfig, write_one_shot, write_protocol
+from data.protocol import LINK_MODES, ROTATIONS, OneShotConfig, ProtocolConfig, write_one_shot, write_protocol
 
 DEFAULTS = ProtocolConfig()
 ONE_SHOT = OneShotConfig()
 OPEN_SET_FLAGS = ("new_share", "max_new_photos", "queries_per_individual", "min_photos")
-ONE_SHOT_FLAGS = ("tasks", "held_out_groups", "groups")
+ONE_SHOT_FLAGS = ("tasks", "held_out_groups", "groups", "class_rotations")
 
 
 def _flag(dest: str) -> str:
@@ -86,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"groups held out, drawn by the seed; default: {ONE_SHOT.held_out_groups}, "
                                "or the number of --groups")
     one_shot.add_argument("--groups", nargs="+", metavar="GROUP", help="hold out exactly these groups")
+    one_shot.add_argument("--class-rotations", type=int, metavar="R", choices=ROTATIONS,
+                          help="also train on every catalog class turned by 180 degrees (2) or by 90, 180 and 270 "
+                               "(4), each a class of its own (Omniglot: BENCHMARKS.md); tasks are never turned; "
+                               "default: 1 (none)")
     return p
 
 
@@ -107,7 +113,8 @@ def _one_shot_config(args: argparse.Namespace) -> OneShotConfig:
     groups = tuple(args.groups or ())
     held = args.held_out_groups if args.held_out_groups is not None else (len(groups) or ONE_SHOT.held_out_groups)
     tasks = ONE_SHOT.tasks if args.tasks is None else args.tasks
-    return OneShotConfig(ways=args.one_shot, tasks=tasks, held_out_groups=held, groups=groups, seed=args.seed)
+    return OneShotConfig(ways=args.one_shot, tasks=tasks, held_out_groups=held, groups=groups, seed=args.seed,
+                         class_rotations=args.class_rotations or 1)
 
 
 def _settings(args: argparse.Namespace) -> ProtocolConfig | OneShotConfig:

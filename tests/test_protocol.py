@@ -2,8 +2,10 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -440,3 +442,41 @@ def test_omniglot_ids_are_accepted_and_give_single_alphabet_tasks(tmp_path):
     assert s.catalog_photos == len(source) - len(held) and s.single_group_tasks == 2
     shots = read_train_csv(tmp_path / "omni" / "task_000" / "train.csv")
     assert len(shots) == 20 and shots["Id"].map(protocol.group_of).nunique() == 1
+
+
+def test_class_rotations_add_turned_training_classes_and_leave_the_tasks_alone(grouped, tmp_path):
+    from PIL import Image
+
+    cfg = protocol.OneShotConfig(ways=3, tasks=4, held_out_groups=2, seed=1)
+    plain = protocol.write_one_shot(grouped, tmp_path / "plain", cfg)
+    turned = protocol.write_one_shot(grouped, tmp_path / "turned", replace(cfg, class_rotations=4))
+    before = read_train_csv(tmp_path / "plain" / "catalog" / "train.csv")
+    after = read_train_csv(tmp_path / "turned" / "catalog" / "train.csv")
+    known = before[before["Id"] != NEW_WHALE]
+    assert list(after["Image"][:len(before)]) == list(before["Image"])  # the catalog itself first, unchanged
+    assert len(after) == len(before) + 3 * len(known) == len(before) + turned.rotated_photos
+    assert turned.catalog_classes == 4 * plain.catalog_classes and plain.rotated_photos == 0
+    ids = dict(zip(after["Image"], after["Id"]))
+    folder = tmp_path / "turned" / "catalog" / "train"
+    for name, ident in zip(known["Image"], known["Id"]):
+        original = np.asarray(Image.open(folder / name))
+        for k, degrees in ((1, 90), (2, 180), (3, 270)):
+            rotated = protocol.rotated_name(name, degrees)
+            assert ids[rotated] == f"{ident}@r{degrees}"  # a class of its own, in the same group
+            assert protocol.group_of(ids[rotated]) == protocol.group_of(ident)
+            np.testing.assert_array_equal(np.asarray(Image.open(folder / rotated)), np.rot90(original, k))
+    for a, b in zip(_tasks(tmp_path / "plain"), _tasks(tmp_path / "turned"), strict=True):
+        for part in ("train.csv", "truth.csv", "queries.csv"):
+            assert (a / part).read_bytes() == (b / part).read_bytes()  # tasks are never turned
+    half = protocol.write_one_shot(grouped, tmp_path / "half", replace(cfg, class_rotations=2))
+    assert half.rotated_photos == len(known)
+    with pytest.raises(ValueError, match="class_rotations must be one of 1, 2, 4"):
+        replace(cfg, class_rotations=3).check()
+
+
+def test_class_rotations_refuse_a_catalog_with_boxes(grouped, tmp_path):
+    names = read_train_csv(grouped / "train.csv")["Image"]
+    pd.DataFrame({"Image": names, "x0": 0, "y0": 0, "x1": 4, "y1": 4}).to_csv(grouped / "boxes.csv", index=False)
+    with pytest.raises(InputError, match="class rotations") as err:
+        protocol.write_one_shot(grouped, tmp_path / "os", protocol.OneShotConfig(ways=3, tasks=2, class_rotations=4))
+    assert err.value.path == grouped / "boxes.csv" and not (tmp_path / "os").exists()
