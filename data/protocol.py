@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from data.catalog import NEW_WHALE, read_boxes, read_train_csv
 from data.errors import InputError
@@ -465,8 +466,6 @@ def _rotated_classes(catalog: pd.DataFrame, folder: Path, rotations: int) -> pd.
     """Write every identified photo of ``catalog`` (names relative to ``folder``) turned by 180 degrees
     (``rotations`` 2) or by 90, 180 and 270 (4) beside it; their rows (``Image,Id``, the Id ``<Id>@r<degrees>``:
     a class of its own, of the same group). Turns are exact (whole pixels, counter-clockwise)."""
-    from PIL import Image
-
     turns = {1: [], 2: [2], 4: [1, 2, 3]}[rotations]
     known = catalog[catalog["Id"] != NEW_WHALE]
     rows = []
