@@ -97,7 +97,7 @@ def predict_photos(
     device = torch.device(device)
     if routes is None:
         routes = [range(len(models))] * len(paths)
-    models = [m.to(device).eval() for m in models]
+    models = [m.to(device, memory_format=torch.channels_last).eval() for m in models]  # 1.5x on a CPU (BENCHMARKS.md)
     loader = DataLoader(
         PhotoDataset(paths, max_side=max_side, max_megapixels=max_megapixels),
         batch_size=int(cfg["batch"]),
