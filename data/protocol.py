@@ -481,7 +481,7 @@ def _rotated_classes(catalog: pd.DataFrame, folder: Path, rotations: int) -> pd.
 
 
 def _one_shot_summary(out: Path, train: pd.DataFrame, split: OneShotSplit, cfg: OneShotConfig,
-                      links: dict[str, int]) -> OneShotSummary:
+                      links: dict[str, int], rotated_photos: int) -> OneShotSummary:
     known = train[train["Id"] != NEW_WHALE]["Id"]
     cat = split.catalog[split.catalog["Id"] != NEW_WHALE]["Id"]
     return OneShotSummary(
@@ -489,7 +489,8 @@ def _one_shot_summary(out: Path, train: pd.DataFrame, split: OneShotSplit, cfg: 
         source_groups=len(set(known.map(group_of))), held_out_groups=split.held_out_groups,
         held_out_classes=split.held_out_classes, unusable_classes=split.unusable_classes,
         catalog_photos=len(split.catalog), catalog_classes=int(cat.nunique()), tasks=len(split.tasks),
-        ways=cfg.ways, single_group_tasks=sum(len(t.groups) == 1 for t in split.tasks), links=links)
+        ways=cfg.ways, single_group_tasks=sum(len(t.groups) == 1 for t in split.tasks),
+        rotated_photos=rotated_photos, links=links)
 
 
 def _one_shot_record(data_dir: Path, cfg: OneShotConfig, split: OneShotSplit, summary: OneShotSummary) -> dict:
@@ -531,8 +532,7 @@ def write_one_shot(data_dir: str | Path, out: str | Path, cfg: OneShotConfig, *,
             _write_csv(_boxes_frame(boxes, set(split.catalog["Image"]), {}), tmp / "catalog" / "boxes.csv")
         for task in split.tasks:
             _place_task(task, data_dir, tmp / task.name, boxes, link, links)
-        summary = _one_shot_summary(out, train, split, cfg, links)
-        summary.rotated_photos = len(rotated)
+        summary = _one_shot_summary(out, train, split, cfg, links, len(rotated))
         record = _one_shot_record(data_dir, cfg, split, summary)
         (tmp / "protocol.json").write_text(json.dumps(record, indent=2) + "\n")
     return summary

@@ -80,15 +80,15 @@ def cached_features(encoder: torch.nn.Module, run: Run, names: Sequence[str], pa
     store = store_for(trunk_dir(cache.parent), encoder.branch, run.config)
 
     def compute(rows: np.ndarray) -> Rows:
+        sub_paths, sub_boxes = [paths[i] for i in rows], [boxes[i] for i in rows]
         if store is not None:
-            sub_paths, sub_boxes = [paths[i] for i in rows], [boxes[i] for i in rows]
             views = [False, True] if tta == "flip" else [False]
             feats = sum(through(encoder.neck, store.features(sub_paths, sub_boxes, run.size, device=device,
                                                               batch=batch, workers=workers, mirrored=mirrored,
                                                               desc=f"trunk {cache.stem}"), device)
                         for mirrored in views) / len(views)
             return Rows(names[rows], features=np.asarray(feats, np.float32))
-        feats = compute_features(encoder, [paths[i] for i in rows], [boxes[i] for i in rows], run.size,
+        feats = compute_features(encoder, sub_paths, sub_boxes, run.size,
                                  channels=mcfg["in_chans"], batch=batch, device=device, workers=workers,
                                  max_megapixels=run.config["data"]["max_megapixels"],
                                  desc=f"{run.model} fold{run.fold} {cache.stem}", flip_tta=tta == "flip")
