@@ -11,7 +11,7 @@ results come from <work-dir>/ensemble/summary.json (written by final_ensemble.py
 
 Examples:
   python scripts/make_protocol.py --data-dir ../shared/data/right_whale --out /tmp/rw --seed 0 --max-new-photos 2
-  python scripts/run_chain.py --config configs/arcface/real_cpu.yaml --data-dir /tmp/rw --work-dir /tmp/rw_work
+  python scripts/run_chain.py --config configs/siamese/real_cpu.yaml --data-dir /tmp/rw --work-dir /tmp/rw_work
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ SCRIPTS = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    p = _cli.parser(__doc__, default_config="arcface/real_cpu.yaml")
+    p = _cli.parser(__doc__, default_config="siamese/real_cpu.yaml")
     p.add_argument("--force", action="store_true", help="redo every step (removes --work-dir and folds.csv first)")
     args = p.parse_args()
     if args.overrides:

@@ -31,17 +31,23 @@ from matching.evaluation.submission import read_truth
 from matching.matrix import ScoreMatrix, save_matrix
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_CPU = REPO / "configs" / "arcface/real_cpu.yaml"
+CONFIGS = REPO / "configs"
 
 
-def test_real_cpu_config_is_a_frozen_lite0_schedule_with_valid_folds():
-    cfg = load_config(REAL_CPU)
-    assert cfg["model"]["name"] == "real_cpu"
+@pytest.mark.parametrize("config, family, model", [
+    ("siamese/real_cpu.yaml", "siamese", "real_cpu_siamese"),  # scripts/run_chain.py's default
+    ("arcface/real_cpu.yaml", "arcface", "real_cpu"),
+])
+def test_real_cpu_chains_blend_their_own_frozen_lite0_member_with_local_matching(config, family, model):
+    cfg = load_config(CONFIGS / config)
+    assert cfg["model"]["name"] == model and cfg["model"]["family"] == family
     assert cfg["model"]["branch"] == "efficientnet_lite0" and cfg["model"]["pretrained"] is True
-    assert cfg["keypoints"]["enabled"] is True
+    assert cfg["keypoints"]["enabled"] is True and cfg["local"]["enabled"] is True
+    weights = cfg["ensemble"]["weights"]
+    assert set(weights) == {model, "keypoints", cfg["local"]["name"], f"{cfg['local']['name']}_mnn"}
     blocks = [b for stage in cfg["train"]["stages"] for b in stage["blocks"]]
     assert blocks and all(b["freeze_branch"] for b in blocks)
-    folds, n_folds = chain_folds(cfg, REAL_CPU)
+    folds, n_folds = chain_folds(cfg, CONFIGS / config)
     assert folds and max(folds) < n_folds
 
 
